@@ -1,0 +1,28 @@
+"""Qwen3-TTS (12 Hz family) on Apple MLX.
+
+The public API is imported lazily so that `import mlx_qwen_tts` stays fast and works where
+PortAudio (sounddevice) is missing.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load": "mlx_qwen_tts.load",
+    "synthesize": "mlx_qwen_tts.api",
+    "stream": "mlx_qwen_tts.api",
+    "generate_frames": "mlx_qwen_tts.generate",
+    "load_model_config": "mlx_qwen_tts.config",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name])
+        attr = getattr(module, "load_model" if name == "load" else name)
+        globals()[name] = attr
+        return attr
+    raise AttributeError(f"module 'mlx_qwen_tts' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from mlx_qwen_tts.cli import main
+
+main()
