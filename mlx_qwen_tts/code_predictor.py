@@ -1,0 +1,57 @@
+"""The code predictor ("sub-talker"): from the talker's hidden state and code 0 it predicts
+code groups 1..15 of a frame, one group per step, with a fresh 16-position cache per frame.
+
+The 15 steps are the dominant per-frame cost; `frame` is written so that the generation loop
+can trace it into one fixed-shape mx.compile graph per sampler setting: no host sync and no
+Python overhead inside a frame. It also returns the summed code-group embeddings that form the
+next talker input.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models import qwen3
+from mlx_lm.models.cache import KVCache
+
+from mlx_qwen_tts.config import ModelConfig
+from mlx_qwen_tts.sampling import SamplerSettings, sample
+from mlx_qwen_tts.talker import block_args, run_blocks
+
+
+class CodePredictor(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c, talker_hidden = cfg.code_predictor, cfg.talker.hidden_size
+        groups = cfg.num_code_groups - 1
+        # Embeddings are at the talker's width: their sum is the talker's next input.
+        self.codec_embedding = [nn.Embedding(c.vocab_size, talker_hidden) for _ in range(groups)]
+        if c.hidden_size != talker_hidden:  # 1.7B; identity for 0.6B
+            self.small_to_mtp_projection = nn.Linear(talker_hidden, c.hidden_size, bias=True)
+        args = block_args(c)
+        self.layers = [qwen3.TransformerBlock(args) for _ in range(c.num_hidden_layers)]
+        self.norm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
+        self.lm_head = [nn.Linear(c.hidden_size, c.vocab_size, bias=False) for _ in range(groups)]
+
+    def _project(self, x: mx.array) -> mx.array:
+        return self.small_to_mtp_projection(x) if "small_to_mtp_projection" in self else x
+
+    def step_logits(self, x: mx.array, cache, group: int) -> mx.array:
+        """Logits for code group `group` (1-based) after feeding x [B, L, talker H]."""
+        h = self.norm(run_blocks(self.layers, self._project(x), cache))
+        return self.lm_head[group - 1](h[:, -1])
+
+    def frame(self, hidden: mx.array, code0_embed: mx.array, keys: mx.array, settings: SamplerSettings):
+        """hidden, code0_embed [B, 1, H]; keys [groups, 2] -> (codes [B, groups], embedding sum [B, 1, H],
+        logits [B, groups, vocab])."""
+        cache = [KVCache() for _ in self.layers]
+        x = mx.concatenate([hidden, code0_embed], axis=1)
+        codes, embed_sum, all_logits = [], None, []
+        for g in range(1, len(self.lm_head) + 1):
+            logits = self.step_logits(x, cache, g)
+            code = sample(logits, settings, keys[g - 1])
+            x = self.codec_embedding[g - 1](code)[:, None]
+            embed_sum = x if embed_sum is None else embed_sum + x
+            codes.append(code)
+            all_logits.append(logits)
+        return mx.stack(codes, axis=1), embed_sum, mx.stack(all_logits, axis=1)
