@@ -231,6 +231,8 @@ class GenerationConfig:
 
 
 MODEL_TYPES = ("custom_voice", "voice_design", "base")
+# The order of the official model card; configs store speakers alphabetically.
+DOCUMENTED_SPEAKERS = ("vivian", "serena", "uncle_fu", "dylan", "eric", "ryan", "aiden", "ono_anna", "sohee")
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,12 @@ class ModelConfig:
     @property
     def codebook_size(self) -> int:
         return self.code_predictor.vocab_size
+
+    @property
+    def speaker_names(self) -> list[str]:
+        """The speakers in the model card's order; the first is the default voice."""
+        known = [s for s in DOCUMENTED_SPEAKERS if s in self.speakers]
+        return known + [s for s in self.speakers if s not in known]
 
     @property
     def honours_instruct(self) -> bool:
@@ -385,7 +393,7 @@ def load_model_config(folder: str | Path) -> ModelConfig:
 
 def config_summary(cfg: ModelConfig) -> dict[str, Any]:
     """What `voices` shows: speakers, languages and capabilities."""
-    return dict(model_type=cfg.model_type, model_size=cfg.model_size, speakers=sorted(cfg.speakers),
+    return dict(model_type=cfg.model_type, model_size=cfg.model_size, speakers=cfg.speaker_names,
                 languages=["auto"] + sorted(k for k in cfg.languages if not k.endswith("_dialect")),
                 instruct=cfg.model_type == "voice_design" or (cfg.model_type == "custom_voice"
                                                               and cfg.honours_instruct),

@@ -43,10 +43,10 @@ def resolve_voice(cfg: ModelConfig, voice: str | None) -> str | None:
                                 else "clone one with a reference recording"))
         return None
     if voice is None:
-        return next(iter(cfg.speakers))
+        return cfg.speaker_names[0]
     name = voice.lower()
     if name not in cfg.speakers:
-        raise ValueError(f"unknown voice {voice!r}; this model has: {', '.join(cfg.speakers)}")
+        raise ValueError(f"unknown voice {voice!r}; this model has: {', '.join(cfg.speaker_names)}")
     return name
 
 

@@ -1,0 +1,149 @@
+"""Sampling pieces against the official Hugging Face logits processors, and the generation
+loop's sampling behaviour: seeds, suppression, minimum length, the runaway guard."""
+
+import warnings
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_qwen_tts.generate import (STUCK_WINDOW, GenerationSettings, GenerationStats, frame_budget,
+                                   generate_frames)
+from mlx_qwen_tts.load import load_model
+from mlx_qwen_tts.prompt import build_prompt
+from mlx_qwen_tts.sampling import SamplerSettings, code0_bias, repetition_penalty, sample, warp_logits
+
+
+@pytest.fixture(scope="module")
+def official(fixtures_dir):
+    return dict(np.load(fixtures_dir / "dumps" / "processors.npz"))
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return load_model(model_dir("customvoice_0b6"), dtype=mx.float32, codec=False)
+
+
+def _seen(history, vocab):
+    seen = np.zeros((len(history), vocab), bool)
+    for row, ids in enumerate(history):
+        seen[row, ids] = True
+    return mx.array(seen)
+
+
+def test_repetition_penalty_matches_official(official):
+    scores = mx.array(official["scores"])
+    out = repetition_penalty(scores, _seen(official["history"], scores.shape[-1]), 1.05)
+    np.testing.assert_allclose(np.array(out), official["repetition_penalty"], rtol=1e-6)
+
+
+def test_suppression_and_min_length_match_official(official):
+    always, early = code0_bias(3072, 2150)
+    scores = official["scores"]
+    np.testing.assert_array_equal(np.array(mx.array(scores) + always), official["suppress"])
+    # min_new_tokens alone blocks EOS; ours folds it into the suppression mask
+    expected_early = np.where(np.isinf(official["suppress"]), -np.inf, official["min_new_tokens"])
+    np.testing.assert_array_equal(np.array(mx.array(scores) + early), expected_early)
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("temperature", SamplerSettings(temperature=0.9, top_k=0)),
+    ("top_k", SamplerSettings(temperature=1.0, top_k=50)),
+    ("top_p", SamplerSettings(temperature=1.0, top_k=0, top_p=0.8)),
+])
+def test_warpers_keep_the_official_token_sets(official, name, settings):
+    ours = np.array(warp_logits(mx.array(official["scores"]), settings))
+    ref = official[name]
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref))
+    # the same distribution over the kept tokens
+    np.testing.assert_allclose(_normalise(ours)[np.isfinite(ours)], _normalise(ref)[np.isfinite(ref)], atol=1e-5)
+
+
+def _normalise(logits):
+    top = np.max(logits, axis=-1, keepdims=True)
+    return logits - top - np.log(np.sum(np.exp(logits - top), axis=-1, keepdims=True))
+
+
+def test_sample_respects_top_k_and_greedy():
+    logits = mx.array(np.random.default_rng(0).normal(size=(1, 300)).astype(np.float32))
+    top5 = set(np.argsort(-np.array(logits[0]))[:5].tolist())
+    keys = mx.random.split(mx.random.key(1), 200)
+    drawn = {int(sample(logits, SamplerSettings(temperature=2.0, top_k=5), k)[0]) for k in keys}
+    assert drawn <= top5 and len(drawn) > 1
+    assert int(sample(logits, SamplerSettings(do_sample=False), keys[0])[0]) == int(np.argmax(np.array(logits)))
+
+
+def _run(model, prompt, **kw):
+    settings = GenerationSettings.from_config(model.config.generation, **kw)
+    stats = GenerationStats()
+    codes = [np.array(f) for f in generate_frames(model, prompt, settings, stats)]
+    return np.array(codes).reshape(-1, 16), stats
+
+
+def test_seed_reproducible_and_suppressed_ids_never_drawn(model):
+    prompt = build_prompt(model, "Hello world, this is a test.", voice="ryan", language="english")
+    a, _ = _run(model, prompt, seed=7, max_frames=30, ignore_eos=True)
+    b, _ = _run(model, prompt, seed=7, max_frames=30, ignore_eos=True)
+    c, _ = _run(model, prompt, seed=8, max_frames=30, ignore_eos=True)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.shape == (30, 16) and a.max() < 2048 and a.min() >= 0  # no control id ever sampled
+
+
+def test_at_least_two_frames_even_when_eos_dominates(model):
+    head = model.talker.codec_head.weight
+    original = head
+    try:  # EOS row pointing along every hidden state: EOS wins whenever it is allowed
+        model.talker.codec_head.weight = head.at[2150].add(1e4 * mx.sign(model.talker.norm.weight))
+        prompt = build_prompt(model, "Hello world.", voice="ryan", language="english")
+        codes, stats = _run(model, prompt, greedy=True, seed=0)
+    finally:
+        model.talker.codec_head.weight = original
+    assert len(codes) == 2 and stats.stop_reason == "eos"
+
+
+def test_runaway_budget_is_reported(model):
+    prompt = build_prompt(model, "Hi.", voice="ryan", language="english")
+    with pytest.warns(RuntimeWarning, match="ran away"):
+        codes, stats = _run(model, prompt, seed=3, ignore_eos=True)
+    assert stats.runaway and stats.stop_reason == "runaway_budget"
+    assert len(codes) == frame_budget(prompt.text_tokens)
+
+
+def test_stuck_generation_is_stopped(model):
+    original = model.talker.norm.weight
+    try:  # a silent talker (zero hidden state) proposes the same code 0 forever
+        model.talker.norm.weight = mx.zeros_like(original)
+        prompt = build_prompt(model, "A long sentence " * 20, voice="ryan", language="english")
+        with pytest.warns(RuntimeWarning, match="cycled"):
+            codes, stats = _run(model, prompt, greedy=True, ignore_eos=True)
+    finally:
+        model.talker.norm.weight = original
+    assert stats.runaway and stats.stop_reason == "runaway_stuck" and len(codes) == STUCK_WINDOW
+
+
+def test_normal_generation_is_not_flagged(model):
+    prompt = build_prompt(model, "Hello world, this is a test.", voice="ryan", language="english")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        codes, stats = _run(model, prompt, seed=1, max_frames=40, ignore_eos=True)
+    assert not stats.runaway and stats.stop_reason == "max_frames" and len(codes) == 40
+    assert stats.host_syncs == 40
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(text=" "), "text is empty"),
+    (dict(voice="nobody"), "unknown voice 'nobody'; this model has: vivian"),
+    (dict(language="klingon"), "unknown language 'klingon'"),
+])
+def test_prompt_errors(model, kwargs, message):
+    args = dict(text="Hello.", voice="ryan", language="english") | kwargs
+    with pytest.raises(ValueError, match=message):
+        build_prompt(model, args.pop("text"), **args)
+
+
+def test_instruct_ignored_by_0b6_with_warning(model):
+    with pytest.warns(UserWarning, match="ignores instruct"):
+        with_instruct = build_prompt(model, "Hello.", voice="ryan", instruct="Speak slowly.")
+    plain = build_prompt(model, "Hello.", voice="ryan")
+    np.testing.assert_array_equal(np.array(with_instruct.embeds), np.array(plain.embeds))
