@@ -1,11 +1,15 @@
 """Loading a model folder into a ready `Model`.
 
-A Hugging Face snapshot (the released layout) is mapped to our module names in memory with an
-explicit key table: every key must be known, every parameter must be filled.
+Two folder kinds, told apart by the format marker in config.json (never by shapes):
+- a converted MLX folder (written by `convert`): weights already under our names and layouts,
+  possibly quantized;
+- a Hugging Face snapshot (the released layout): mapped to our names in memory with the same
+  explicit key tables the converter uses. Every key must be known, every parameter filled.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,23 +17,27 @@ import mlx.core as mx
 
 from mlx_qwen_tts.code_predictor import CodePredictor
 from mlx_qwen_tts.config import ModelConfig, load_model_config
+from mlx_qwen_tts.quantize import apply_quantization
 from mlx_qwen_tts.talker import Talker
 from mlx_qwen_tts.tokenizer import TextTokenizer
 
-# Official prefix -> (our module, our prefix). Order matters: longer prefixes first.
+FORMAT_KEY = "mlx_qwen_tts"
+FORMAT_VERSION = 1
+
+# Official prefix -> our prefix. Order matters: longer prefixes first.
 HF_PREFIXES = [
-    ("talker.code_predictor.model.codec_embedding.", "code_predictor", "codec_embedding."),
-    ("talker.code_predictor.model.layers.", "code_predictor", "layers."),
-    ("talker.code_predictor.model.norm.", "code_predictor", "norm."),
-    ("talker.code_predictor.lm_head.", "code_predictor", "lm_head."),
-    ("talker.code_predictor.small_to_mtp_projection.", "code_predictor", "small_to_mtp_projection."),
-    ("talker.model.text_embedding.", "talker", "text_embedding."),
-    ("talker.model.codec_embedding.", "talker", "codec_embedding."),
-    ("talker.model.layers.", "talker", "layers."),
-    ("talker.model.norm.", "talker", "norm."),
-    ("talker.text_projection.", "talker", "text_projection."),
-    ("talker.codec_head.", "talker", "codec_head."),
-    ("speaker_encoder.", "speaker_encoder", ""),
+    ("talker.code_predictor.model.codec_embedding.", "code_predictor.codec_embedding."),
+    ("talker.code_predictor.model.layers.", "code_predictor.layers."),
+    ("talker.code_predictor.model.norm.", "code_predictor.norm."),
+    ("talker.code_predictor.lm_head.", "code_predictor.lm_head."),
+    ("talker.code_predictor.small_to_mtp_projection.", "code_predictor.small_to_mtp_projection."),
+    ("talker.model.text_embedding.", "talker.text_embedding."),
+    ("talker.model.codec_embedding.", "talker.codec_embedding."),
+    ("talker.model.layers.", "talker.layers."),
+    ("talker.model.norm.", "talker.norm."),
+    ("talker.text_projection.", "talker.text_projection."),
+    ("talker.codec_head.", "talker.codec_head."),
+    ("speaker_encoder.", "speaker_encoder."),
 ]
 
 
@@ -42,8 +50,9 @@ class Model:
     code_predictor: CodePredictor
     tokenizer: TextTokenizer
     codec: object | None = None
-    speaker_encoder_weights: dict | None = None
+    extra_weights: dict = field(default_factory=dict, repr=False)  # speaker_encoder.*, codec_encoder.*
     path: Path | None = None
+    quantization: dict | None = None
     compiled: dict = field(default_factory=dict, repr=False)  # traced per-frame graphs, by sampler setting
 
     @property
@@ -51,21 +60,43 @@ class Model:
         return self.config.speech_tokenizer.sample_rate
 
 
-def split_hf_weights(weights: dict) -> dict[str, dict]:
-    """Group official `model.safetensors` keys by our module; unknown keys are an error."""
-    groups: dict[str, dict] = {"talker": {}, "code_predictor": {}, "speaker_encoder": {}}
-    unknown = []
+def map_hf_model_weights(weights: dict) -> dict:
+    """Official `model.safetensors` keys -> our names; unknown keys are an error."""
+    out, unknown = {}, []
     for key, value in weights.items():
-        for prefix, module, ours in HF_PREFIXES:
+        for prefix, ours in HF_PREFIXES:
             if key.startswith(prefix):
-                groups[module][ours + key[len(prefix):]] = value
+                out[ours + key[len(prefix):]] = value
                 break
         else:
             unknown.append(key)
     if unknown:
         raise ValueError(f"unexpected weights in the checkpoint: {', '.join(sorted(unknown)[:8])}"
                          + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""))
-    return groups
+    return out
+
+
+def map_hf_codec_weights(weights: dict) -> dict:
+    """Official `speech_tokenizer/model.safetensors` -> `codec.*` (decoder, MLX layout, float32)
+    and `codec_encoder.*` (the voice-clone encoder, kept as stored)."""
+    from mlx_qwen_tts.codec import convert_decoder_weights
+
+    decoder = {k[len("decoder."):]: v for k, v in weights.items() if k.startswith("decoder.")}
+    encoder = {f"codec_encoder.{k[len('encoder.'):]}": v for k, v in weights.items() if k.startswith("encoder.")}
+    unknown = [k for k in weights if not k.startswith(("decoder.", "encoder."))]
+    if unknown:
+        raise ValueError(f"unexpected weights in the speech tokenizer: {', '.join(sorted(unknown)[:8])}")
+    converted = convert_decoder_weights({f"decoder.{k}": v for k, v in decoder.items()})
+    return {**{f"codec.{k}": v.astype(mx.float32) for k, v in converted.items()}, **encoder}
+
+
+def read_safetensors(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: not a complete Qwen3-TTS model folder")
+    try:
+        return mx.load(str(path))
+    except Exception as e:  # MLX raises RuntimeError/ValueError for corrupt or truncated files
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
 
 
 def default_dtype() -> mx.Dtype:
@@ -73,35 +104,76 @@ def default_dtype() -> mx.Dtype:
     return mx.bfloat16 if mx.default_device() == mx.gpu else mx.float32
 
 
-def _load_module(module, weights: dict, dtype, what: str):
-    items = [(k, v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v) for k, v in weights.items()]
+def _take(weights: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def _load_module(module, prefix, weights, quantization, dtype, where):
+    part = _take(weights, prefix)
+    apply_quantization(module, prefix, weights, quantization)
+    items = [(k, v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and not k.endswith((".scales", ".biases"))
+              else v) for k, v in part.items()]
     try:
         module.load_weights(items, strict=True)
     except ValueError as e:
-        raise ValueError(f"{what}: {e}") from None
+        raise ValueError(f"{where} ({prefix.rstrip('.')}): {e}") from None
     mx.eval(module.parameters())
 
 
+def build_model(config: ModelConfig, weights: dict, folder: Path, *, quantization=None, dtype=None,
+                codec=True) -> Model:
+    """Modules from our-named weights; strict: missing or unexpected keys are an error."""
+    dtype = dtype or default_dtype()
+    known = ("talker.", "code_predictor.", "codec.", "speaker_encoder.", "codec_encoder.")
+    unknown = [k for k in weights if not k.startswith(known)]
+    if unknown:
+        raise ValueError(f"{folder}: unexpected weights {', '.join(sorted(unknown)[:8])}")
+    talker, predictor = Talker(config), CodePredictor(config)
+    _load_module(talker, "talker.", weights, quantization, dtype, folder)
+    _load_module(predictor, "code_predictor.", weights, quantization, dtype, folder)
+    extra = {k: v for k, v in weights.items() if k.startswith(("speaker_encoder.", "codec_encoder."))}
+    model = Model(config=config, talker=talker, code_predictor=predictor, tokenizer=TextTokenizer(folder),
+                  extra_weights=extra, path=folder, quantization=quantization)
+    if codec:
+        from mlx_qwen_tts.codec import CodecDecoder
+
+        model.codec = CodecDecoder(config.speech_tokenizer.decoder)
+        _load_module(model.codec, "codec.", weights, None, mx.float32, folder)  # the codec stays float32
+    return model
+
+
+def is_converted(folder: Path) -> bool:
+    cfg = folder / "config.json"
+    return cfg.is_file() and FORMAT_KEY in json.loads(cfg.read_text(encoding="utf-8"))
+
+
+def read_converted_weights(folder: Path) -> dict:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    weights = {}
+    for name in files:
+        weights.update(read_safetensors(folder / name))
+    return weights
+
+
 def load_model(path: str | Path, *, dtype: mx.Dtype | None = None, codec: bool = True) -> Model:
-    """Load a Hugging Face Qwen3-TTS snapshot folder (converted in memory)."""
+    """Load a converted MLX folder, or a Hugging Face snapshot folder (converted in memory)."""
     folder = Path(path)
     config = load_model_config(folder)
-    weights_file = folder / "model.safetensors"
-    if not weights_file.is_file():
-        raise FileNotFoundError(f"{weights_file} is missing: not a complete Qwen3-TTS model folder")
-    try:
-        raw = mx.load(str(weights_file))
-    except Exception as e:  # MLX raises RuntimeError/ValueError for corrupt files
-        raise ValueError(f"{weights_file} is not a readable safetensors file: {e}") from None
-    groups = split_hf_weights(raw)
-    dtype = dtype or default_dtype()
-    talker, predictor = Talker(config), CodePredictor(config)
-    _load_module(talker, groups["talker"], dtype, f"{weights_file} (talker)")
-    _load_module(predictor, groups["code_predictor"], dtype, f"{weights_file} (code predictor)")
-    model = Model(config=config, talker=talker, code_predictor=predictor, tokenizer=TextTokenizer(folder),
-                  speaker_encoder_weights=groups["speaker_encoder"] or None, path=folder)
+    if is_converted(folder):
+        meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))[FORMAT_KEY]
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{folder} was converted by a newer mlx-qwen-tts (format "
+                             f"{meta.get('format_version')}); upgrade mlx-qwen-tts")
+        weights = read_converted_weights(folder)
+        if dtype is None and meta.get("dtype"):
+            dtype = getattr(mx, meta["dtype"])
+        return build_model(config, weights, folder, quantization=meta.get("quantization"), dtype=dtype,
+                           codec=codec)
+    weights = map_hf_model_weights(read_safetensors(folder / "model.safetensors"))
     if codec:
-        from mlx_qwen_tts.codec import load_codec_decoder
-
-        model.codec = load_codec_decoder(folder / "speech_tokenizer", config.speech_tokenizer.decoder)
-    return model
+        weights.update(map_hf_codec_weights(read_safetensors(folder / "speech_tokenizer" / "model.safetensors")))
+    return build_model(config, weights, folder, dtype=dtype, codec=codec)

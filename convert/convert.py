@@ -1,0 +1,128 @@
+"""Hugging Face Qwen3-TTS snapshot -> self-contained MLX folder.
+
+Streams tensor by tensor (mx.load is lazy), quantizes the talker and code predictor with
+mlx_qwen_tts.quantize, writes the codec in float32 and MLX layout, and saves shards as it goes,
+so peak memory stays near one shard. The output appears atomically: it is written to a
+temporary sibling folder and renamed only once complete and verified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+
+from mlx_qwen_tts.config import load_model_config
+from mlx_qwen_tts.load import (FORMAT_KEY, FORMAT_VERSION, load_model, map_hf_codec_weights, map_hf_model_weights,
+                               read_safetensors)
+from mlx_qwen_tts.quantize import quantize_tensor, should_quantize
+
+SHARD_BYTES = 2 << 30
+COPIED_FILES = ["generation_config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                "preprocessor_config.json", "speech_tokenizer/config.json",
+                "speech_tokenizer/preprocessor_config.json"]
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+class ShardWriter:
+    """Collects tensors and writes a safetensors shard whenever SHARD_BYTES are pending."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.pending, self.size, self.files, self.weight_map = folder, {}, 0, [], {}
+
+    def add(self, name: str, array: mx.array):
+        mx.eval(array)
+        self.pending[name] = array
+        self.size += array.nbytes
+        if self.size >= SHARD_BYTES:
+            self.flush()
+
+    def flush(self):
+        if not self.pending:
+            return
+        name = f"model-{len(self.files) + 1:05d}.safetensors"
+        mx.save_safetensors(str(self.folder / name), self.pending, metadata={"format": "mlx"})
+        self.files.append(name)
+        self.weight_map.update({k: name for k in self.pending})
+        self.pending, self.size = {}, 0
+
+    def finish(self):
+        self.flush()
+        if len(self.files) == 1:
+            os.replace(self.folder / self.files[0], self.folder / "model.safetensors")
+            return
+        renamed = {}
+        for i, old in enumerate(self.files, start=1):
+            new = f"model-{i:05d}-of-{len(self.files):05d}.safetensors"
+            os.replace(self.folder / old, self.folder / new)
+            renamed[old] = new
+        index = {"weight_map": {k: renamed[v] for k, v in sorted(self.weight_map.items())}}
+        (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+
+
+def _progress(items, enabled, desc):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+    return tqdm(items, desc=desc, unit="tensor")
+
+
+def convert_model(source: str | Path, out: str | Path, *, bits: int | None = 8, group_size: int = 64,
+                  dtype: str = "bfloat16", overwrite: bool = False, progress: bool = False) -> Path:
+    """Convert a Hugging Face snapshot folder. bits=None keeps the talker unquantized."""
+    source, out = Path(source), Path(out)
+    if bits not in (None, 4, 8):
+        raise ValueError(f"bits must be 4 or 8 (or None for no quantization), got {bits}")
+    if group_size not in (32, 64, 128):
+        raise ValueError(f"group size must be 32, 64 or 128, got {group_size}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True (--force) to replace it")
+    config_json = json.loads((source / "config.json").read_text(encoding="utf-8")) \
+        if (source / "config.json").is_file() else None
+    load_model_config(source)  # validates the whole configuration before any work
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _write(source, tmp, config_json, bits, group_size, DTYPES[dtype], dtype, progress)
+        load_model(tmp, codec=True)  # strict round trip before the folder becomes visible
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write(source, tmp, config_json, bits, group_size, dtype, dtype_name, progress):
+    writer = ShardWriter(tmp)
+    weights = map_hf_model_weights(read_safetensors(source / "model.safetensors"))
+    quantized = 0
+    for name in _progress(sorted(weights), progress, "talker"):
+        w = weights[name]
+        if mx.issubdtype(w.dtype, mx.floating) and not name.startswith("speaker_encoder."):
+            w = w.astype(dtype)
+        if bits and should_quantize(name, w.shape, group_size):
+            for k, v in quantize_tensor(name, w, bits, group_size).items():
+                writer.add(k, v)
+            quantized += 1
+        else:
+            writer.add(name, w)
+    codec = map_hf_codec_weights(read_safetensors(source / "speech_tokenizer" / "model.safetensors"))
+    for name in _progress(sorted(codec), progress, "codec"):
+        writer.add(name, codec[name])
+    writer.finish()
+    (tmp / "speech_tokenizer").mkdir()
+    for rel in COPIED_FILES:
+        if (source / rel).is_file():
+            shutil.copyfile(source / rel, tmp / rel)
+    quantization = {"group_size": group_size, "bits": bits, "mode": "affine"} if bits and quantized else None
+    config_json[FORMAT_KEY] = {"format_version": FORMAT_VERSION, "dtype": dtype_name,
+                               "quantization": quantization, "source": {"kind": "huggingface"}}
+    (tmp / "config.json").write_text(json.dumps(config_json, indent=2, ensure_ascii=False))
