@@ -1,0 +1,252 @@
+"""Cloned voices for the Base models: reference audio in, `VoiceClone` out, and saved voice files.
+
+A clone always carries the speaker x-vector; given the reference transcript it also carries the
+reference codes for in-context cloning (architecture §2.4). A voice file stores both, plus a
+fingerprint of the encoders that made them, so it is never used with a model it does not fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+import weakref
+from dataclasses import asdict
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from mlx_qwen_tts.codec_encoder import CodecEncoder, MimiEncoderArgs, load_codec_encoder
+from mlx_qwen_tts.prompt import VoiceClone
+from mlx_qwen_tts.speaker_encoder import SpeakerEncoder, extract_xvector, load_speaker_encoder
+
+SAMPLE_RATE = 24000
+MIN_SECONDS, MAX_SECONDS = 1.0, 30.0
+SILENCE_PEAK = 1e-3  # -60 dBFS
+VOICE_FORMAT, VOICE_FORMAT_VERSION = "mlx-qwen-tts-voice", 1
+_PCM_SCALE = {np.dtype(np.int16): 2.0 ** 15, np.dtype(np.int32): 2.0 ** 31}
+
+
+def _read_audio_file(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    if not path.is_file():
+        raise FileNotFoundError(f"reference audio {path} does not exist")
+    try:
+        wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a readable audio file ({e}); use WAV, FLAC, OGG or MP3") from None
+    return wave, rate
+
+
+def _as_float(wave) -> np.ndarray:
+    wave = np.asarray(wave)
+    if wave.dtype in _PCM_SCALE:
+        return wave.astype(np.float32) / _PCM_SCALE[wave.dtype]
+    if not np.issubdtype(wave.dtype, np.floating):
+        raise ValueError(f"reference audio samples have type {wave.dtype}; expected float samples in [-1, 1] "
+                         "or 16/32-bit PCM integers")
+    return wave.astype(np.float32)
+
+
+def load_reference_audio(audio, sample_rate: int | None = None) -> np.ndarray:
+    """A cloning reference as float32 mono at 24 kHz.
+
+    Args:
+        audio: an audio file path (anything soundfile reads), a waveform array ([samples] or
+            [samples, channels]), or a (waveform, sample_rate) tuple.
+        sample_rate: the rate of a waveform array; 24 kHz if not given. Files carry their own.
+
+    Raises:
+        ValueError: unreadable file, wrong sample type or layout, non-finite samples, shorter
+            than 1 s, longer than 30 s, or silent.
+    """
+    if isinstance(audio, tuple) and len(audio) == 2:
+        audio, sample_rate = audio
+    if isinstance(audio, (str, os.PathLike)):
+        if sample_rate is not None:
+            raise ValueError("sample_rate is for waveform arrays; an audio file carries its own rate")
+        wave, rate = _read_audio_file(Path(audio))
+    else:
+        wave, rate = _as_float(audio), SAMPLE_RATE if sample_rate is None else sample_rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise ValueError(f"sample_rate must be a positive integer, got {rate!r}")
+    if wave.ndim == 2:
+        if wave.shape[1] > 8:
+            raise ValueError(f"reference audio has shape {wave.shape}; expected [samples, channels] "
+                             "(transpose a [channels, samples] array)")
+        wave = wave.mean(axis=1)  # mono mix, as the official loader does
+    elif wave.ndim != 1:
+        raise ValueError(f"reference audio must be 1-D or [samples, channels], got shape {wave.shape}")
+    if not np.isfinite(wave).all():
+        raise ValueError("reference audio contains NaN or infinite samples")
+    seconds = len(wave) / rate
+    if seconds < MIN_SECONDS:
+        raise ValueError(f"reference audio is too short ({seconds:.2f} s); give at least {MIN_SECONDS:g} s "
+                         "(3-10 s of clean speech works best)")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"reference audio is too long ({seconds:.1f} s); trim it to at most {MAX_SECONDS:g} s "
+                         "(3-10 s of clean speech works best)")
+    if rate != SAMPLE_RATE:
+        import soxr
+
+        wave = soxr.resample(wave, rate, SAMPLE_RATE, quality="HQ")  # librosa's default resampler
+    peak = float(np.abs(wave).max())
+    if peak < SILENCE_PEAK:
+        raise ValueError(f"reference audio is silent (peak {peak:.1e}); record some speech")
+    if peak > 1.0:
+        warnings.warn(f"reference audio peaks at {peak:.2f}, beyond [-1, 1]: it may be clipped", stacklevel=2)
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+# Encoders are built on first use and kept per model object until it is garbage collected.
+_CACHE: dict[int, dict] = {}
+
+
+def _cached(model, name: str, build):
+    key = id(model)
+    if key not in _CACHE:
+        _CACHE[key] = {}
+        weakref.finalize(model, _CACHE.pop, key, None)
+    entry = _CACHE[key]
+    if name not in entry:
+        entry[name] = build()
+    return entry[name]
+
+
+def _require_base(model):
+    if model.config.model_type != "base" or model.config.speaker_encoder is None:
+        raise ValueError(f"voice cloning needs a Base model; this one is {model.config.model_type}")
+
+
+def _speaker_encoder(model) -> SpeakerEncoder:
+    _require_base(model)
+    prefix = "speaker_encoder."
+    weights = {k[len(prefix):]: v for k, v in model.extra_weights.items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{model.path}: the speaker encoder weights are missing")
+    return _cached(model, "speaker", lambda: load_speaker_encoder(weights, model.config.speaker_encoder))
+
+
+def _codec_encoder_weights(model) -> dict:
+    prefix = "codec_encoder."
+    weights = {k[len(prefix):]: v for k, v in model.extra_weights.items() if k.startswith(prefix)}
+    if weights:
+        return weights
+    # A Hugging Face snapshot loaded without its codec: read the encoder half of the tokenizer.
+    path = Path(model.path or ".") / "speech_tokenizer" / "model.safetensors"
+    if not path.is_file():
+        raise ValueError(f"{model.path}: the speech-tokenizer encoder weights are missing "
+                         "(needed for reference codes)")
+    return {k[len("encoder."):]: v for k, v in mx.load(str(path)).items() if k.startswith("encoder.")}
+
+
+def _codec_encoder(model) -> CodecEncoder:
+    _require_base(model)
+    st = model.config.speech_tokenizer
+    if st.encoder is None:
+        raise ValueError(f"{model.path}: speech_tokenizer/config.json has no encoder_config")
+
+    def build():
+        args = MimiEncoderArgs.from_config(st.encoder.raw, st.encoder_valid_num_quantizers)
+        return load_codec_encoder(_codec_encoder_weights(model), args)
+    return _cached(model, "codec", build)
+
+
+def model_fingerprint(model) -> str:
+    """A hash of both encoders' configs and weights: what a saved voice depends on."""
+    _require_base(model)
+
+    def build():
+        h = hashlib.sha256()
+        st = model.config.speech_tokenizer
+        h.update(json.dumps([asdict(model.config.speaker_encoder), st.encoder.raw,
+                             st.encoder_valid_num_quantizers], sort_keys=True).encode())
+        for module in (_speaker_encoder(model), _codec_encoder(model)):
+            for name, value in sorted(tree_flatten(module.parameters())):
+                h.update(f"{name}:{value.dtype}:{value.shape}".encode())
+                h.update(memoryview(mx.contiguous(value.astype(mx.float32))))
+        return h.hexdigest()[:32]
+    return _cached(model, "fingerprint", build)
+
+
+def make_voice_clone(model, ref_audio, ref_text: str | None = None, *,
+                     sample_rate: int | None = None) -> VoiceClone:
+    """Clone a voice from reference audio (see `load_reference_audio` for the accepted forms).
+
+    Without `ref_text` the clone is x-vector only; with the reference transcript it also holds
+    the reference codes for in-context cloning, which follows the voice more closely.
+    """
+    _require_base(model)
+    if ref_text is not None and not ref_text.strip():
+        raise ValueError("ref_text is empty; give the transcript of the reference, or None for x-vector-only")
+    wave = load_reference_audio(ref_audio, sample_rate)
+    xvector = extract_xvector(_speaker_encoder(model), wave)
+    ref_codes = None
+    if ref_text is not None:
+        ref_codes = _codec_encoder(model)(mx.array(wave)[None])[0].astype(mx.int32)
+    mx.eval(xvector, ref_codes)
+    return VoiceClone(xvector=xvector, ref_codes=ref_codes, ref_text=ref_text)
+
+
+def save_voice(path: str | os.PathLike, clone: VoiceClone, model) -> Path:
+    """Write `clone` to a safetensors voice file (atomically) tied to this model's encoders."""
+    import safetensors.numpy
+
+    enc_dim = model.config.speaker_encoder.enc_dim if model.config.speaker_encoder else None
+    if tuple(clone.xvector.shape) != (enc_dim,):
+        raise ValueError(f"x-vector has shape {tuple(clone.xvector.shape)}; this model needs ({enc_dim},)")
+    if (clone.ref_codes is None) != (clone.ref_text is None):
+        raise ValueError("reference codes and reference text go together: give both or neither")
+    tensors = {"xvector": np.array(clone.xvector.astype(mx.float32))}
+    metadata = {"format": VOICE_FORMAT, "format_version": str(VOICE_FORMAT_VERSION),
+                "model_fingerprint": model_fingerprint(model)}
+    if clone.ref_codes is not None:
+        tensors["ref_codes"] = np.array(clone.ref_codes.astype(mx.int32))
+        metadata["ref_text"] = clone.ref_text
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(safetensors.numpy.save(tensors, metadata=metadata))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # readers see the old file or the whole new one, never a partial one
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_voice(path: str | os.PathLike, model) -> VoiceClone:
+    """Read a voice file written by `save_voice`; it must have been made with this model's encoders."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"voice file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a voice file: {e}") from None
+    if metadata.get("format") != VOICE_FORMAT:
+        raise ValueError(f"{path} is not an mlx-qwen-tts voice file")
+    if int(metadata.get("format_version", 0)) > VOICE_FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer mlx-qwen-tts; upgrade to read it")
+    _require_base(model)
+    if metadata.get("model_fingerprint") != model_fingerprint(model):
+        raise ValueError(f"{path} was made with a different model (its encoders differ from {model.path}); "
+                         "create the voice again with this model")
+    ref_text = metadata.get("ref_text")
+    codes = tensors.get("ref_codes")
+    if "xvector" not in tensors or (codes is None) != (ref_text is None):
+        raise ValueError(f"{path} is incomplete: it needs an x-vector, and reference codes with their text")
+    if codes is not None and (codes.ndim != 2 or not codes.size or codes.shape[1] != model.config.num_code_groups
+                              or codes.min() < 0 or codes.max() >= model.config.codebook_size):
+        raise ValueError(f"{path}: reference codes of shape {codes.shape} do not fit this model")
+    return VoiceClone(xvector=mx.array(tensors["xvector"]),
+                      ref_codes=None if codes is None else mx.array(codes.astype(np.int32)), ref_text=ref_text)
