@@ -33,7 +33,8 @@ MIMI = MimiEncoderArgs.from_config(dict(
 
 def build_codec_encoder() -> CodecEncoder:
     model = CodecEncoder(MIMI)
-    for rvq in (model.quantizer.semantic_residual_vector_quantizer, model.quantizer.acoustic_residual_vector_quantizer):
+    quantizer = model.quantizer
+    for rvq in (quantizer.semantic_residual_vector_quantizer, quantizer.acoustic_residual_vector_quantizer):
         rvq.codebooks = [mx.random.normal(c.shape) for c in rvq.codebooks]  # zeros would make every code a tie
     mx.eval(model.parameters())
     return model

@@ -42,9 +42,9 @@ class MimiEncoderArgs:
     @classmethod
     def from_config(cls, raw: dict, valid_quantizers: int) -> "MimiEncoderArgs":
         """From the `encoder_config` (a MimiConfig) of speech_tokenizer/config.json."""
-        unsupported = {"use_causal_conv": True, "pad_mode": "constant", "use_conv_shortcut": False,
+        implemented = {"use_causal_conv": True, "pad_mode": "constant", "use_conv_shortcut": False,
                        "hidden_act": "gelu", "audio_channels": 1, "attention_bias": False}
-        for key, value in unsupported.items():
+        for key, value in implemented.items():
             if raw.get(key, value) != value:
                 raise ValueError(f"speech_tokenizer encoder_config.{key} = {raw[key]!r} is not supported "
                                  f"(only {value!r})")
@@ -77,10 +77,6 @@ class MimiEncoderArgs:
     @property
     def hop_length(self) -> int:
         return math.prod(self.upsampling_ratios)
-
-    @property
-    def samples_per_frame(self) -> int:
-        return round(self.sampling_rate / self.frame_rate)
 
 
 class CausalConv1d(nn.Module):
@@ -161,8 +157,9 @@ class Attention(nn.Module):
         q = self.q_proj(x).reshape(B, L, self.heads, -1).transpose(0, 2, 1, 3)
         k = self.k_proj(x).reshape(B, L, self.kv_heads, -1).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(B, L, self.kv_heads, -1).transpose(0, 2, 1, 3)
-        # The pinned transformers applies a plain causal mask here: the configured sliding window is unused.
-        out = mx.fast.scaled_dot_product_attention(self.rope(q), self.rope(k), v, scale=self.scale, mask="causal")
+        # The pinned transformers applies a plain causal mask: the configured sliding window is unused.
+        out = mx.fast.scaled_dot_product_attention(self.rope(q), self.rope(k), v, scale=self.scale,
+                                                   mask="causal")
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
@@ -242,7 +239,6 @@ class CodecEncoder(nn.Module):
 
     def __init__(self, args: MimiEncoderArgs):
         super().__init__()
-        self.args = args
         self.encoder = SEANetEncoder(args)
         self.encoder_transformer = Transformer(args)
         encoder_rate = args.sampling_rate / args.hop_length

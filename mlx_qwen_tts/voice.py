@@ -124,11 +124,14 @@ def _require_base(model):
 
 def _speaker_encoder(model) -> SpeakerEncoder:
     _require_base(model)
-    prefix = "speaker_encoder."
-    weights = {k[len(prefix):]: v for k, v in model.extra_weights.items() if k.startswith(prefix)}
-    if not weights:
-        raise ValueError(f"{model.path}: the speaker encoder weights are missing")
-    return _cached(model, "speaker", lambda: load_speaker_encoder(weights, model.config.speaker_encoder))
+
+    def build():
+        prefix = "speaker_encoder."
+        weights = {k[len(prefix):]: v for k, v in model.extra_weights.items() if k.startswith(prefix)}
+        if not weights:
+            raise ValueError(f"{model.path}: the speaker encoder weights are missing")
+        return load_speaker_encoder(weights, model.config.speaker_encoder)
+    return _cached(model, "speaker", build)
 
 
 def _codec_encoder_weights(model) -> dict:
