@@ -1,15 +1,257 @@
 """The `mlx-qwen-tts` command line. Heavy imports (mlx, models, sounddevice) happen inside
-commands so that `--help` is instant and works without PortAudio."""
+commands so that `--help` is instant and works without PortAudio.
+
+User errors (bad input, missing files, no audio device, broken model folders) end as one line
+on stderr and exit status 1; Ctrl-C stops playback and generation and exits with 130.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
 
 import click
 
 from mlx_qwen_tts import __version__
+from mlx_qwen_tts.hub import DEFAULT_MODEL
+
+# Playback chunks: small for a quick first sound, and all the same size, because the player
+# sizes its pre-buffer by the wait for a chunk like the last one.
+PLAY_CHUNK_FRAMES = 3
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mlx-qwen-tts")
 def main():
     """Qwen3-TTS text-to-speech on Apple MLX: speak, stream, convert and clone voices."""
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror and e.filename:  # system errors: "path: reason"
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Expected failures become `Error: <one line>` and exit 1, without a traceback."""
+    from mlx_qwen_tts.audio import AudioDeviceError
+
+    try:
+        yield
+    except (ValueError, OSError, AudioDeviceError) as e:  # ConfigError is a ValueError
+        raise click.ClickException(_one_line(e)) from None
+
+
+@contextlib.contextmanager
+def warnings_to_stderr():
+    """Library warnings (runaway generation, ignored instruct) as plain `warning:` lines."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"warning: {message}", err=True)
+        yield
+
+
+def read_text(text: str | None, text_file: Path | None) -> str:
+    if text is not None and text_file is not None:
+        raise click.ClickException("give the text either as an argument or with --file, not both")
+    if text_file is not None:
+        try:
+            text = text_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.ClickException(f"cannot read --file {text_file}: {_one_line(e)}") from None
+    elif text == "-":
+        text = sys.stdin.read()
+    elif text is None:
+        raise click.ClickException("nothing to say: give TEXT, '-' to read standard input, or --file PATH")
+    if not text.strip():
+        raise click.ClickException("text is empty: nothing to say")
+    return text
+
+
+def model_size(cfg) -> str:
+    return f"{cfg.model_size.replace('b', '.')}B" if cfg.model_size else "unknown size"
+
+
+def select_device(name: str | None) -> str:
+    import mlx.core as mx
+
+    has_gpu = mx.is_available(mx.gpu)
+    name = name or ("gpu" if has_gpu else "cpu")
+    if name == "gpu" and not has_gpu:
+        raise click.ClickException("MLX has no GPU here; use --device cpu")
+    mx.set_default_device(mx.gpu if name == "gpu" else mx.cpu)
+    return name
+
+
+@main.command()
+@click.argument("text", required=False)
+@click.option("-f", "--file", "text_file", type=click.Path(path_type=Path), help="Read the text from a file.")
+@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
+              help="Model folder (converted or Hugging Face), or a Hugging Face id (downloaded and "
+                   "converted once).")
+@click.option("--voice", help="Speaker of a CustomVoice model (see `voices`); default: its first one.")
+@click.option("-l", "--language", default="auto", show_default=True, help="Language of the text.")
+@click.option("-i", "--instruct", help="Style or emotion, e.g. 'cheerful, fast'; describes the voice "
+                                       "for VoiceDesign models.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Save to a .wav, .flac or .ogg file.")
+@click.option("--play/--no-play", default=None, help="Play through the speakers [default: unless --out].")
+@click.option("--seed", type=int, help="Seed the sampling for a reproducible result.")
+@click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature [model default].")
+@click.option("--top-k", type=click.IntRange(min=0), help="Top-k sampling [model default].")
+@click.option("--top-p", type=click.FloatRange(0, 1), help="Top-p sampling [model default].")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), help="Stop after this much audio.")
+@click.option("--device", type=click.Choice(["gpu", "cpu"]), help="Where MLX runs [default: gpu if available].")
+@click.option("--verbose", is_flag=True, help="Print timings: first audio, RTF, frames/s, peak memory.")
+@click.pass_context
+def speak(ctx, text, text_file, model, voice, language, instruct, out, play, seed, temperature, top_k, top_p,
+          max_seconds, device, verbose):
+    """Say TEXT ('-' reads standard input) through the speakers, or save it with --out.
+
+    Playback starts after the first few frames while the rest is still being generated.
+    """
+    try:
+        with user_errors(), warnings_to_stderr():
+            _speak(read_text(text, text_file), model=model, voice=voice, language=language, instruct=instruct,
+                   out=out, play=out is None if play is None else play, device=device, verbose=verbose,
+                   max_seconds=max_seconds,
+                   sampling=dict(seed=seed, temperature=temperature, top_k=top_k, top_p=top_p))
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        ctx.exit(130)
+
+
+def _speak(text, *, model, voice, language, instruct, out, play, device, verbose, max_seconds, sampling):
+    from mlx_qwen_tts import audio
+    from mlx_qwen_tts.config import config_summary, load_model_config
+    from mlx_qwen_tts.hub import resolve_model
+    from mlx_qwen_tts.prompt import resolve_language, resolve_voice
+
+    if not play and out is None:
+        raise click.ClickException("nothing to do: --no-play needs --out FILE")
+    if out is not None:
+        audio.check_writable(out)
+    device = select_device(device)
+    folder = resolve_model(model)
+    cfg = load_model_config(folder)
+    voice, language = resolve_voice(cfg, voice), resolve_language(cfg, language)  # fail before loading
+    if instruct and not config_summary(cfg)["instruct"]:
+        click.echo(f"warning: this {cfg.model_type} {model_size(cfg)} model ignores --instruct", err=True)
+        instruct = None
+    if play:
+        audio.check_output_device()
+
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_qwen_tts.api import SynthesisStats, stream
+    from mlx_qwen_tts.generate import FRAME_RATE
+    from mlx_qwen_tts.load import load_model
+
+    t0 = time.perf_counter()
+    tts = load_model(folder, dtype=mx.float32 if device == "cpu" else None)  # bf16 is slow on CPUs
+    load_s = time.perf_counter() - t0
+    max_frames = None if max_seconds is None else math.ceil(max_seconds * FRAME_RATE)
+    stats = SynthesisStats()
+    chunk = dict(first_chunk_frames=PLAY_CHUNK_FRAMES, chunk_frames=PLAY_CHUNK_FRAMES) if play else {}
+    chunks, player = [], None
+    with contextlib.closing(stream(tts, text, voice=voice, language=language, instruct=instruct,
+                                   max_frames=max_frames, stats=stats, **chunk, **sampling)) as pieces:
+        if play:
+            with audio.Player(tts.sample_rate) as player:
+                for piece in pieces:
+                    player.play(piece)
+                    if out is not None:
+                        chunks.append(piece)
+        else:
+            chunks = list(pieces)
+    if verbose:
+        _report(folder, cfg, tts, device, load_s, voice, language, stats, player)
+    if out is not None:
+        if not chunks:
+            raise click.ClickException("the model produced no audio for this text")
+        samples = np.concatenate(chunks)
+        audio.write_audio(out, samples, tts.sample_rate)
+        click.echo(f"Saved {out} ({len(samples) / tts.sample_rate:.2f} s)", err=True)
+
+
+def _report(folder, cfg, tts, device, load_s, voice, language, stats, player):
+    bits = f"{tts.quantization['bits']}-bit" if tts.quantization else "unquantized"
+    lines = [
+        f"model: {folder} ({cfg.model_type} {model_size(cfg)}, {bits}), loaded in {load_s:.2f} s on {device}",
+        f"voice: {voice or '-'}, language: {language}",
+        f"frames: {stats.frames} ({stats.audio_s:.2f} s of audio), segments: {stats.segments}, "
+        f"stop: {', '.join(stats.stop_reasons) or '-'}",
+        f"time to first audio: {stats.first_audio_s or 0:.3f} s (after {stats.frames_before_first_audio} "
+        f"frames; prefill {stats.prefill_s:.3f} s)",
+        f"RTF: {stats.rtf:.3f} (synthesis time / audio time), {stats.frames_per_s:.1f} frames/s",
+        f"peak memory: {stats.peak_memory_gb:.2f} GB",
+    ]
+    if player is not None:
+        lines.append(f"playback: {player.samples_played / tts.sample_rate:.2f} s played, "
+                     f"{player.underruns} underrun(s)")
+    if stats.runaway:
+        lines.append("warning: generation ran away (no end of speech); the end of the audio is likely broken")
+    click.echo("\n".join(lines), err=True)
+
+
+@main.command()
+@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
+              help="Model folder or Hugging Face id (only its configuration is read).")
+def voices(model):
+    """List a model's speakers, languages and capabilities."""
+    from mlx_qwen_tts.config import config_summary, load_model_config
+    from mlx_qwen_tts.hub import resolve_config
+
+    with user_errors():
+        cfg = load_model_config(resolve_config(model))
+    summary = config_summary(cfg)
+    speakers = [f"{s} ({cfg.speaker_dialects[s].replace('_', ' ')})" if cfg.speaker_dialects.get(s) else s
+                for s in summary["speakers"]]
+    if speakers:
+        speakers[0] += " [default]"
+    no_speakers = {"voice_design": "none: describe the voice with --instruct",
+                   "base": "none: this model clones a voice from a reference recording"}
+    click.echo(f"model: {model} ({cfg.model_type}, {model_size(cfg)})")
+    click.echo(f"speakers: {', '.join(speakers) or no_speakers.get(cfg.model_type, 'none')}")
+    click.echo(f"languages: {', '.join(summary['languages'])}")
+    click.echo(f"instruct: {'yes' if summary['instruct'] else 'no (this model ignores it)'}")
+    click.echo(f"voice cloning: {'yes' if summary['voice_clone'] else 'no'}")
+
+
+@click.command("convert")
+@click.argument("source")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The MLX folder to write.")
+@click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True,
+              help="Quantization of the talker and code predictor.")
+@click.option("--no-quantize", is_flag=True, help="Keep every weight in --dtype.")
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16",
+              show_default=True, help="Type of the unquantized weights (the codec stays float32).")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,
+              help="Quantization group size.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def convert_command(source, out, bits, no_quantize, dtype, group_size, force):
+    """Convert a Hugging Face Qwen3-TTS checkpoint (folder or Hub id) into an MLX folder."""
+    with user_errors():
+        from convert.convert import convert_model
+        from mlx_qwen_tts.hub import resolve_source
+        from mlx_qwen_tts.load import is_converted
+
+        folder = resolve_source(source)
+        if is_converted(folder):
+            raise click.ClickException(f"{source} is already an MLX folder; convert the Hugging Face checkpoint")
+        bits = None if no_quantize else int(bits)
+        convert_model(folder, out, bits=bits, group_size=int(group_size), dtype=dtype, overwrite=force,
+                      progress=True)
+    click.echo(f"Converted {source} -> {out} ({f'{bits}-bit, group {group_size}' if bits else 'unquantized'}, "
+               f"{dtype})", err=True)
+
+
+main.add_command(convert_command)
 
 
 if __name__ == "__main__":
