@@ -125,6 +125,7 @@ class Player:
         self._received = self._first_len = self._largest = self._arrivals = 0
         self.samples_played = 0
         self.underruns = 0
+        self.start_latency_s: float | None = None  # from open() to the first sound
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -229,6 +230,8 @@ class Player:
     def _begin(self) -> None:
         with self._cond:
             self._playing = True
+            if self.start_latency_s is None:
+                self.start_latency_s = self._clock() - self._t_open
             start = not self._stream_started and self._stream is not None
             self._stream_started = True
         if start:  # outside the lock: PortAudio may run the callback while starting

@@ -50,8 +50,7 @@ def user_errors():
 @contextlib.contextmanager
 def warnings_to_stderr():
     """Library warnings (runaway generation, ignored instruct) as plain `warning:` lines."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
+    with warnings.catch_warnings():  # restores showwarning afterwards
         warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"warning: {message}", err=True)
         yield
 
@@ -192,10 +191,9 @@ def _report(folder, cfg, tts, device, load_s, voice, language, stats, player):
         f"peak memory: {stats.peak_memory_gb:.2f} GB",
     ]
     if player is not None:
-        lines.append(f"playback: {player.samples_played / tts.sample_rate:.2f} s played, "
-                     f"{player.underruns} underrun(s)")
-    if stats.runaway:
-        lines.append("warning: generation ran away (no end of speech); the end of the audio is likely broken")
+        started = "-" if player.start_latency_s is None else f"{player.start_latency_s:.3f} s"
+        lines.append(f"playback: started after {started}, {player.samples_played / tts.sample_rate:.2f} s "
+                     f"played, {player.underruns} underrun(s)")
     click.echo("\n".join(lines), err=True)
 
 

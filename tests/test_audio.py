@@ -166,6 +166,7 @@ def test_fast_generation_starts_at_once_and_plays_every_sample_in_order():
     # prefill + 3 frames in 0.15 s, then 3 frames (0.24 s of audio) every 0.1 s: 2.4x real time
     player, stream, playing = run_in_real_time(chunks, [0.15] + [0.1] * 11)
     assert playing[0], "playback should start with the first chunk"
+    assert player.start_latency_s == pytest.approx(0.15)
     assert player.underruns == 0 and player.samples_played == len(x)
     assert_played_exactly(stream, x)
 
@@ -176,6 +177,7 @@ def test_slow_generation_buffers_first_and_then_never_runs_dry():
     player, stream, playing = run_in_real_time(np.split(x, 20), [0.4] * 20)
     assert not playing[0] and not playing[5]
     assert any(playing), "playback should start before generation ends"
+    assert 2.4 < player.start_latency_s < 8.0
     assert player.underruns == 0
     assert_played_exactly(stream, x)
 
