@@ -103,7 +103,7 @@ def select_device(name: str | None) -> str:
 @click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature [model default].")
 @click.option("--top-k", type=click.IntRange(min=0), help="Top-k sampling [model default].")
 @click.option("--top-p", type=click.FloatRange(0, 1), help="Top-p sampling [model default].")
-@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), help="Stop after this much audio.")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), help="Cap the audio of each text segment (up to ~250 characters) at this many seconds.")
 @click.option("--device", type=click.Choice(["gpu", "cpu"]), help="Where MLX runs [default: gpu if available].")
 @click.option("--verbose", is_flag=True, help="Print timings: first audio, RTF, frames/s, peak memory.")
 @click.pass_context
