@@ -63,7 +63,7 @@ class ShardWriter:
         (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
 
 
-def _progress(items, enabled, desc):
+def progress_bar(items, enabled, desc):
     if not enabled:
         return items
     from tqdm import tqdm
@@ -85,11 +85,18 @@ def convert_model(source: str | Path, out: str | Path, *, bits: int | None = 8, 
     config_json = json.loads((source / "config.json").read_text(encoding="utf-8")) \
         if (source / "config.json").is_file() else None
     load_model_config(source)  # validates the whole configuration before any work
+    return publish(out, lambda tmp: _write(source, tmp, config_json, bits, group_size, DTYPES[dtype], dtype,
+                                           progress))
+
+
+def publish(out: Path, build) -> Path:
+    """Run `build(tmp)` on a temporary sibling folder, load the result strictly, then rename it to
+    `out`: a failure at any point leaves no partial folder behind."""
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write(source, tmp, config_json, bits, group_size, DTYPES[dtype], dtype, progress)
+        build(tmp)
         load_model(tmp, codec=True)  # strict round trip before the folder becomes visible
         if out.exists():
             shutil.rmtree(out)
@@ -100,11 +107,18 @@ def convert_model(source: str | Path, out: str | Path, *, bits: int | None = 8, 
     return out
 
 
+def write_config(folder: Path, config_json: dict, *, dtype: str, quantization: dict | None, source: dict):
+    """config.json with the converted-folder marker that `load_model` reads."""
+    config_json = {**config_json, FORMAT_KEY: {"format_version": FORMAT_VERSION, "dtype": dtype,
+                                               "quantization": quantization, "source": source}}
+    (folder / "config.json").write_text(json.dumps(config_json, indent=2, ensure_ascii=False))
+
+
 def _write(source, tmp, config_json, bits, group_size, dtype, dtype_name, progress):
     writer = ShardWriter(tmp)
     weights = map_hf_model_weights(read_safetensors(source / "model.safetensors"))
     quantized = 0
-    for name in _progress(sorted(weights), progress, "talker"):
+    for name in progress_bar(sorted(weights), progress, "talker"):
         w = weights[name]
         if mx.issubdtype(w.dtype, mx.floating) and not name.startswith("speaker_encoder."):
             w = w.astype(dtype)
@@ -115,7 +129,7 @@ def _write(source, tmp, config_json, bits, group_size, dtype, dtype_name, progre
         else:
             writer.add(name, w)
     codec = map_hf_codec_weights(read_safetensors(source / "speech_tokenizer" / "model.safetensors"))
-    for name in _progress(sorted(codec), progress, "codec"):
+    for name in progress_bar(sorted(codec), progress, "codec"):
         writer.add(name, codec[name])
     writer.finish()
     (tmp / "speech_tokenizer").mkdir()
@@ -123,6 +137,4 @@ def _write(source, tmp, config_json, bits, group_size, dtype, dtype_name, progre
         if (source / rel).is_file():
             shutil.copyfile(source / rel, tmp / rel)
     quantization = {"group_size": group_size, "bits": bits, "mode": "affine"} if bits and quantized else None
-    config_json[FORMAT_KEY] = {"format_version": FORMAT_VERSION, "dtype": dtype_name,
-                               "quantization": quantization, "source": {"kind": "huggingface"}}
-    (tmp / "config.json").write_text(json.dumps(config_json, indent=2, ensure_ascii=False))
+    write_config(tmp, config_json, dtype=dtype_name, quantization=quantization, source={"kind": "huggingface"})
