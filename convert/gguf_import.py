@@ -53,9 +53,9 @@ def _bits(b: np.ndarray) -> np.ndarray:
     return np.unpackbits(b, axis=-1, bitorder="little")
 
 
-def _q8_0(b):
+def _q8_0(b):  # int8 q + 128 as uint8 is q's bit pattern with the top bit flipped
     d = _f16(b[..., :2])
-    return (b[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8), d, -128 * d
+    return b[..., 2:] ^ np.uint8(0x80), d, -128 * d
 
 
 def _q4_0(b):
@@ -111,7 +111,8 @@ def repack(data: np.ndarray, qtype: str, shape: tuple) -> tuple[np.ndarray, np.n
     codes, scales, biases = _REPACK[qtype](np.asarray(data).reshape(rows, cols // block, size))
     weight = np.ascontiguousarray(codes.reshape(rows, cols)).view(np.uint32).reshape(*shape[:-1], cols // 4)
     scales, biases = (a.reshape(*shape[:-1], cols // GROUP_SIZE) for a in (scales, biases))
-    narrow = all(np.array_equal(a.astype(np.float16).astype(np.float32), a) for a in (scales, biases))
+    with np.errstate(over="ignore"):  # a value beyond fp16's range just keeps float32
+        narrow = all(np.array_equal(a.astype(np.float16).astype(np.float32), a) for a in (scales, biases))
     dtype = np.float16 if narrow else np.float32
     return weight, scales.astype(dtype), biases.astype(dtype)
 
