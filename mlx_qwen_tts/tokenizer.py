@@ -44,13 +44,16 @@ class TextTokenizer:
         tok.decoder = decoders.ByteLevel()
         added = json.loads(files[2].read_text(encoding="utf-8")).get("added_tokens_decoder", {})
         for token_id, spec in sorted(added.items(), key=lambda kv: int(kv[0])):
+            # Added tokens take the next free ids; unused placeholders keep declared ids in place.
+            while tok.get_vocab_size(with_added_tokens=True) < int(token_id):
+                tok.add_special_tokens([AddedToken(f"<|unused_{tok.get_vocab_size(True)}|>", special=True)])
             tok.add_special_tokens([AddedToken(spec["content"], special=True, normalized=False,
                                                lstrip=spec.get("lstrip", False), rstrip=spec.get("rstrip", False),
                                                single_word=spec.get("single_word", False))])
             got = tok.token_to_id(spec["content"])
             if got != int(token_id):
                 raise ValueError(f"{files[2]}: added token {spec['content']!r} is declared as id {token_id} "
-                                 f"but lands at {got}; added tokens must follow the vocabulary densely")
+                                 f"but lands at {got}; is vocab.json complete?")
         self._tok = tok
 
     def encode(self, text: str) -> list[int]:
