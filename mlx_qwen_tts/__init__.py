@@ -7,7 +7,7 @@ PortAudio (sounddevice) is missing.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": "mlx_qwen_tts.load",
+    "load": "mlx_qwen_tts.hub",
     "synthesize": "mlx_qwen_tts.api",
     "stream": "mlx_qwen_tts.api",
     "generate_frames": "mlx_qwen_tts.generate",
@@ -22,7 +22,7 @@ def __getattr__(name):
         import importlib
 
         module = importlib.import_module(_LAZY[name])
-        attr = getattr(module, "load_model" if name == "load" else name)
+        attr = getattr(module, name)
         globals()[name] = attr
         return attr
     raise AttributeError(f"module 'mlx_qwen_tts' has no attribute {name!r}")

@@ -98,6 +98,12 @@ def select_device(name: str | None) -> str:
 @click.option("-i", "--instruct", help="Style or emotion, e.g. 'cheerful, fast'; describes the voice "
                                        "for VoiceDesign models.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Save to a .wav, .flac or .ogg file.")
+@click.option("--ref-audio", type=click.Path(path_type=Path),
+              help="Base models: a 1-30 s recording of the voice to clone.")
+@click.option("--ref-text", help="Base models: what --ref-audio says (in-context cloning; without it only the "
+                                 "speaker embedding is used).")
+@click.option("--voice-file", type=click.Path(path_type=Path),
+              help="Base models: a voice saved with `voice create` (no re-encoding).")
 @click.option("--play/--no-play", default=None, help="Play through the speakers [default: unless --out].")
 @click.option("--seed", type=int, help="Seed the sampling for a reproducible result.")
 @click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature [model default].")
@@ -107,8 +113,8 @@ def select_device(name: str | None) -> str:
 @click.option("--device", type=click.Choice(["gpu", "cpu"]), help="Where MLX runs [default: gpu if available].")
 @click.option("--verbose", is_flag=True, help="Print timings: first audio, RTF, frames/s, peak memory.")
 @click.pass_context
-def speak(ctx, text, text_file, model, voice, language, instruct, out, play, seed, temperature, top_k, top_p,
-          max_seconds, device, verbose):
+def speak(ctx, text, text_file, model, voice, language, instruct, ref_audio, ref_text, voice_file, out, play,
+          seed, temperature, top_k, top_p, max_seconds, device, verbose):
     """Say TEXT ('-' reads standard input) through the speakers, or save it with --out.
 
     Playback starts after the first few frames while the rest is still being generated.
@@ -117,14 +123,32 @@ def speak(ctx, text, text_file, model, voice, language, instruct, out, play, see
         with user_errors(), warnings_to_stderr():
             _speak(read_text(text, text_file), model=model, voice=voice, language=language, instruct=instruct,
                    out=out, play=out is None if play is None else play, device=device, verbose=verbose,
-                   max_seconds=max_seconds,
+                   max_seconds=max_seconds, clone=dict(ref_audio=ref_audio, ref_text=ref_text, voice_file=voice_file),
                    sampling=dict(seed=seed, temperature=temperature, top_k=top_k, top_p=top_p))
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         ctx.exit(130)
 
 
-def _speak(text, *, model, voice, language, instruct, out, play, device, verbose, max_seconds, sampling):
+def check_clone_options(cfg, ref_audio, ref_text, voice_file):
+    cloning = ref_audio is not None or voice_file is not None
+    if cfg.model_type != "base":
+        if cloning or ref_text is not None:
+            raise click.ClickException(f"voice cloning needs a Base model; this one is {cfg.model_type}")
+        return
+    if ref_text is not None and ref_audio is None:
+        raise click.ClickException("--ref-text goes with --ref-audio")
+    if not cloning:
+        raise click.ClickException("this Base model clones a voice: pass --ref-audio FILE [--ref-text TEXT] "
+                                   "or --voice-file FILE")
+    if ref_audio is not None and voice_file is not None:
+        raise click.ClickException("give either --ref-audio or --voice-file, not both")
+    if ref_audio is not None and ref_text is None:
+        click.echo("note: no --ref-text, so only the speaker embedding is used (x-vector mode); give the "
+                   "reference's transcript for a closer clone", err=True)
+
+
+def _speak(text, *, model, voice, language, instruct, out, play, device, verbose, max_seconds, clone, sampling):
     from mlx_qwen_tts import audio
     from mlx_qwen_tts.config import config_summary, load_model_config
     from mlx_qwen_tts.hub import resolve_model
@@ -138,6 +162,7 @@ def _speak(text, *, model, voice, language, instruct, out, play, device, verbose
     folder = resolve_model(model)
     cfg = load_model_config(folder)
     voice, language = resolve_voice(cfg, voice), resolve_language(cfg, language)  # fail before loading
+    check_clone_options(cfg, **clone)
     if instruct and not config_summary(cfg)["instruct"]:
         click.echo(f"warning: this {cfg.model_type} {model_size(cfg)} model ignores --instruct", err=True)
         instruct = None
@@ -149,7 +174,7 @@ def _speak(text, *, model, voice, language, instruct, out, play, device, verbose
 
     from mlx_qwen_tts.api import SynthesisStats, stream
     from mlx_qwen_tts.generate import FRAME_RATE
-    from mlx_qwen_tts.load import load_model
+    from mlx_qwen_tts.loading import load_model
 
     t0 = time.perf_counter()
     tts = load_model(folder, dtype=mx.float32 if device == "cpu" else None)  # bf16 is slow on CPUs
@@ -159,7 +184,7 @@ def _speak(text, *, model, voice, language, instruct, out, play, device, verbose
     chunk = dict(first_chunk_frames=PLAY_CHUNK_FRAMES, chunk_frames=PLAY_CHUNK_FRAMES) if play else {}
     chunks, player = [], None
     with contextlib.closing(stream(tts, text, voice=voice, language=language, instruct=instruct,
-                                   max_frames=max_frames, stats=stats, **chunk, **sampling)) as pieces:
+                                   max_frames=max_frames, stats=stats, **clone, **chunk, **sampling)) as pieces:
         if play:
             with audio.Player(tts.sample_rate) as player:
                 for piece in pieces:
@@ -224,6 +249,10 @@ def voices(model):
 @click.command("convert")
 @click.argument("source")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The MLX folder to write.")
+@click.option("--codec", "codec_gguf", type=click.Path(path_type=Path),
+              help="GGUF sources: the speech-tokenizer (codec) GGUF that goes with the talker GGUF.")
+@click.option("--tokenizer-dir", type=click.Path(path_type=Path),
+              help="GGUF sources: a Hugging Face folder to take the text tokenizer (and config) from.")
 @click.option("--bits", type=click.Choice(["8", "4"]), default="8", show_default=True,
               help="Quantization of the talker and code predictor.")
 @click.option("--no-quantize", is_flag=True, help="Keep every weight in --dtype.")
@@ -232,12 +261,24 @@ def voices(model):
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,
               help="Quantization group size.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def convert_command(source, out, bits, no_quantize, dtype, group_size, force):
-    """Convert a Hugging Face Qwen3-TTS checkpoint (folder or Hub id) into an MLX folder."""
+def convert_command(source, out, codec_gguf, tokenizer_dir, bits, no_quantize, dtype, group_size, force):
+    """Convert a Qwen3-TTS checkpoint into an MLX folder.
+
+    SOURCE is a Hugging Face folder or Hub id, or a talker .gguf file (with --codec) from
+    qwentts.cpp / qwen3-tts.cpp / koboldcpp, CrispASR or RustTTS.
+    """
     with user_errors():
+        if source.endswith(".gguf"):
+            from convert.gguf_import import convert_gguf
+
+            if codec_gguf is None:
+                raise click.ClickException("a GGUF talker needs its codec file: --codec qwen-tokenizer-12hz-*.gguf")
+            convert_gguf(source, codec_gguf, out, tokenizer_dir=tokenizer_dir, overwrite=force, progress=True)
+            click.echo(f"Converted {source} + {codec_gguf} -> {out}", err=True)
+            return
         from convert.convert import convert_model
         from mlx_qwen_tts.hub import resolve_source
-        from mlx_qwen_tts.load import is_converted
+        from mlx_qwen_tts.loading import is_converted
 
         folder = resolve_source(source)
         if is_converted(folder):
@@ -247,6 +288,73 @@ def convert_command(source, out, bits, no_quantize, dtype, group_size, force):
                       progress=True)
     click.echo(f"Converted {source} -> {out} ({f'{bits}-bit, group {group_size}' if bits else 'unquantized'}, "
                f"{dtype})", err=True)
+
+
+@main.command("check-quant")
+@click.argument("quantized", type=click.Path(path_type=Path))
+@click.option("-r", "--reference", required=True, type=click.Path(path_type=Path),
+              help="The float model it was made from (Hugging Face or unquantized MLX folder).")
+@click.option("--frames", type=click.IntRange(min=4), default=40, show_default=True,
+              help="Frames generated per gate prompt.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check_quant(quantized, reference, frames, as_json):
+    """Compare a quantized model with its float source (teacher-forced KL, top-1/top-5, SNR).
+
+    Exits with status 1 when the gate fails.
+    """
+    import json
+
+    import mlx.core as mx
+
+    from mlx_qwen_tts.loading import load_model
+    from mlx_qwen_tts.quality import THRESHOLDS, quality_gate
+
+    with user_errors():
+        report = quality_gate(load_model(reference, dtype=mx.float32), load_model(quantized, dtype=mx.float32),
+                              frames=frames)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for part in ("talker", "predictor"):
+            click.echo(f"{part:9s}: mean KL {getattr(report, part + '_kl'):.5f}, top-1 "
+                       f"{100 * getattr(report, part + '_top1'):.1f} %, top-5 {100 * getattr(report, part + '_top5'):.1f} %")
+        click.echo(f"decoded SNR: {report.snr_db:.1f} dB over {report.frames} frames (reported, not gated)")
+        click.echo(f"gate (KL <= {THRESHOLDS['kl_max']}, top-1 >= {THRESHOLDS['top1_min']:.0%}, top-5 >= "
+                   f"{THRESHOLDS['top5_min']:.0%}): {'PASS' if report.passed else 'FAIL'}")
+    if not report.passed:
+        sys.exit(1)
+
+
+@main.group()
+def voice():
+    """Saved voices for Base (voice-clone) models."""
+
+
+@voice.command("create")
+@click.option("--ref-audio", required=True, type=click.Path(path_type=Path), help="A 1-30 s recording.")
+@click.option("--ref-text", help="Its transcript (enables in-context cloning).")
+@click.option("-m", "--model", required=True, help="The Base model the voice is for (folder or Hub id).")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The .safetensors file to write.")
+@click.option("--device", type=click.Choice(["gpu", "cpu"]), help="Where MLX runs [default: gpu if available].")
+def voice_create(ref_audio, ref_text, model, out, device):
+    """Encode a reference recording once and save it for `speak --voice-file`."""
+    with user_errors():
+        from mlx_qwen_tts.config import load_model_config
+        from mlx_qwen_tts.hub import resolve_model
+        from mlx_qwen_tts.loading import load_model
+        from mlx_qwen_tts.voice import make_voice_clone, save_voice
+
+        device = select_device(device)
+        folder = resolve_model(model)
+        if load_model_config(folder).model_type != "base":
+            raise click.ClickException("voices can only be made for Base models")
+        import mlx.core as mx
+
+        tts = load_model(folder, dtype=mx.float32 if device == "cpu" else None, codec=False)
+        clone = make_voice_clone(tts, str(ref_audio), ref_text)
+        save_voice(out, clone, tts)
+    mode = "in-context (x-vector + reference codes)" if ref_text else "x-vector only"
+    click.echo(f"Saved voice {out} ({mode})", err=True)
 
 
 main.add_command(convert_command)

@@ -113,3 +113,11 @@ def resolve_source(spec: str | Path, *, progress: bool = True) -> Path:
     """A raw Hugging Face snapshot folder for `convert`: a local folder, or downloaded."""
     where = _local_or_repo(spec)
     return where if isinstance(where, Path) else download(where, progress=progress)
+
+
+def load(spec: str | Path = DEFAULT_MODEL, *, dtype=None, codec: bool = True, bits: int = 8):
+    """`mlx_qwen_tts.load`: a converted or Hugging Face folder, or a Hub id (downloaded and
+    converted to `bits`-bit MLX weights once, then read from the cache)."""
+    from mlx_qwen_tts.loading import load_model
+
+    return load_model(resolve_model(spec, bits=bits), dtype=dtype, codec=codec)

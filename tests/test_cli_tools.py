@@ -1,0 +1,94 @@
+"""CLI voice cloning (speak --ref-audio/--voice-file, voice create), check-quant and GGUF convert."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import soundfile as sf
+from test_cli import assert_one_line_error, run
+
+from convert.convert import convert_model
+from mlx_qwen_tts import load
+from mlx_qwen_tts.api import synthesize
+
+TEXT = "Hello world, this is a test."
+
+
+@pytest.fixture(scope="module")
+def base_model(model_dir, tmp_path_factory):
+    return convert_model(model_dir("base_0b6"), tmp_path_factory.mktemp("base") / "m", bits=None, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def reference_wav(fixtures_dir, tmp_path_factory):
+    wave = np.load(fixtures_dir / "dumps" / "base_0b6" / "voice.npz")["wave"]
+    path = tmp_path_factory.mktemp("ref") / "ref.wav"
+    sf.write(path, wave, 24000, subtype="FLOAT")
+    return path
+
+
+def _speak(model, *args):
+    return run("speak", "--model", model, "--seed", 3, "--max-seconds", 1, "--device", "cpu", *args)
+
+
+def test_clone_from_reference_equals_the_api(base_model, reference_wav, tmp_path):
+    out = tmp_path / "clone.wav"
+    result = _speak(base_model, TEXT, "--ref-audio", reference_wav, "--ref-text", "This is the voice to speak with.",
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    expected = synthesize(load(base_model, dtype=mx.float32), TEXT, seed=3, max_frames=13,
+                          ref_audio=str(reference_wav), ref_text="This is the voice to speak with.")
+    wav, sr = sf.read(out, dtype="float32")
+    assert sr == 24000 and len(wav) == len(expected.audio)
+    np.testing.assert_allclose(wav, expected.audio, atol=1.5 / 32767)
+
+
+def test_saved_voice_reproduces_the_reference_clone(base_model, reference_wav, tmp_path):
+    voice = tmp_path / "voice.safetensors"
+    made = run("voice", "create", "--ref-audio", reference_wav, "--ref-text", "This is the voice to speak with.",
+               "--model", base_model, "-o", voice, "--device", "cpu")
+    assert made.exit_code == 0, made.output
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    assert _speak(base_model, TEXT, "--voice-file", voice, "--out", a).exit_code == 0
+    assert _speak(base_model, TEXT, "--ref-audio", reference_wav, "--ref-text", "This is the voice to speak with.",
+                  "--out", b).exit_code == 0
+    np.testing.assert_array_equal(sf.read(a)[0], sf.read(b)[0])
+
+
+def test_x_vector_mode_is_noted(base_model, reference_wav, tmp_path):
+    result = _speak(base_model, TEXT, "--ref-audio", reference_wav, "--out", tmp_path / "x.wav")
+    assert result.exit_code == 0 and "x-vector mode" in result.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    ((), "clones a voice: pass --ref-audio"),
+    (("--ref-text", "hi"), "--ref-text goes with --ref-audio"),
+])
+def test_base_model_clone_errors(base_model, tmp_path, args, needle):
+    assert_one_line_error(_speak(base_model, TEXT, *args, "--out", tmp_path / "x.wav"), needle)
+
+
+def test_clone_options_refused_on_custom_voice(model_dir, reference_wav, tmp_path):
+    result = _speak(model_dir("customvoice_0b6"), TEXT, "--ref-audio", reference_wav, "--out", tmp_path / "x.wav")
+    assert_one_line_error(result, "needs a Base model")
+
+
+def test_short_reference_is_a_clear_error(base_model, tmp_path):
+    short = tmp_path / "short.wav"
+    sf.write(short, np.zeros(2400, np.float32) + 0.1, 24000)
+    result = _speak(base_model, TEXT, "--ref-audio", short, "--ref-text", "Hi.", "--out", tmp_path / "x.wav")
+    assert_one_line_error(result, "too short")
+
+
+def test_check_quant_passes_8bit_and_fails_on_a_mismatched_reference(model_dir, tmp_path):
+    src = model_dir("customvoice_1b7")
+    q8 = convert_model(src, tmp_path / "q8", bits=8, group_size=32, dtype="float32")
+    result = run("check-quant", q8, "--reference", src, "--frames", 12)
+    assert result.exit_code == 0 and "PASS" in result.output, result.output
+    other = run("check-quant", q8, "--reference", model_dir("voicedesign_1b7"), "--frames", 12, "--json")
+    assert other.exit_code == 1 and '"passed": false' in other.output
+
+
+def test_gguf_talker_needs_its_codec(tmp_path):
+    talker = tmp_path / "talker.gguf"
+    talker.write_bytes(b"GGUF")
+    assert_one_line_error(run("convert", talker, "-o", tmp_path / "out"), "--codec")
