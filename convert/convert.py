@@ -16,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlx_qwen_tts.config import load_model_config
-from mlx_qwen_tts.load import (FORMAT_KEY, FORMAT_VERSION, load_model, map_hf_codec_weights, map_hf_model_weights,
+from mlx_qwen_tts.loading import (FORMAT_KEY, FORMAT_VERSION, load_model, map_hf_codec_weights, map_hf_model_weights,
                                read_safetensors)
 from mlx_qwen_tts.quantize import quantize_tensor, should_quantize
 

@@ -26,7 +26,7 @@ from convert.convert import ShardWriter, progress_bar, publish, write_config
 from convert.gguf_config import codec_config, talker_config
 from convert.gguf_dialects import FLOAT_TYPES, GGUFError, GGUFFile, Tensor
 from mlx_qwen_tts.config import ConfigError, parse_model_config
-from mlx_qwen_tts.load import map_hf_codec_weights, map_hf_model_weights
+from mlx_qwen_tts.loading import map_hf_codec_weights, map_hf_model_weights
 from mlx_qwen_tts.quantize import should_quantize
 
 GROUP_SIZE, BITS = 32, 8

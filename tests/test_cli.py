@@ -22,7 +22,7 @@ from mlx_qwen_tts import audio
 from mlx_qwen_tts.api import SynthesisStats, stream, synthesize
 from mlx_qwen_tts.cli import PLAY_CHUNK_FRAMES, convert_command, main
 from mlx_qwen_tts.hub import CONFIG_FILES, SNAPSHOT_FILES, ModelSpecError, converted_path, resolve_model
-from mlx_qwen_tts.load import load_model
+from mlx_qwen_tts.loading import load_model
 
 TEXT = "Hello world. This is a test."
 SEED, SECONDS, FRAMES = 7, 2, 25  # --max-seconds 2 = 25 frames at 12.5 Hz

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 import convert.convert as conv
 from convert import convert_model
 from mlx_qwen_tts.generate import GenerationSettings, GenerationStats, generate_frames
-from mlx_qwen_tts.load import FORMAT_KEY, load_model, read_converted_weights
+from mlx_qwen_tts.loading import FORMAT_KEY, load_model, read_converted_weights
 from mlx_qwen_tts.prompt import build_prompt
 from mlx_qwen_tts.quality import quality_gate
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import VARIANTS, load_cases
 from mlx_qwen_tts.generate import GenerationSettings, GenerationStats, generate_frames
-from mlx_qwen_tts.load import load_model
+from mlx_qwen_tts.loading import load_model
 from mlx_qwen_tts.prompt import VoiceClone, build_prompt
 from mlx_qwen_tts.tokenizer import TextTokenizer
 

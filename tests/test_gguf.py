@@ -19,7 +19,7 @@ from convert.gguf_config import codec_config
 from convert.gguf_dialects import CODEC_A, CODEC_B, TALKER_A, TALKER_B, GGUFError, GGUFFile, NameMap, read_gguf
 from convert.gguf_import import convert_gguf, read_float, read_quantized, repack
 from mlx_qwen_tts.config import load_model_config, parse_speech_tokenizer_config
-from mlx_qwen_tts.load import FORMAT_KEY, load_model, map_hf_codec_weights, map_hf_model_weights, \
+from mlx_qwen_tts.loading import FORMAT_KEY, load_model, map_hf_codec_weights, map_hf_model_weights, \
     read_converted_weights
 from mlx_qwen_tts.quantize import should_quantize
 

@@ -9,7 +9,7 @@ import pytest
 
 from mlx_qwen_tts.generate import (STUCK_WINDOW, GenerationSettings, GenerationStats, frame_budget,
                                    generate_frames)
-from mlx_qwen_tts.load import load_model
+from mlx_qwen_tts.loading import load_model
 from mlx_qwen_tts.prompt import build_prompt
 from mlx_qwen_tts.sampling import SamplerSettings, code0_bias, repetition_penalty, sample, warp_logits
 

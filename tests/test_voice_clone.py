@@ -12,7 +12,7 @@ import soundfile as sf
 
 from conftest import load_cases
 from mlx_qwen_tts.generate import GenerationSettings, generate_frames
-from mlx_qwen_tts.load import load_model
+from mlx_qwen_tts.loading import load_model
 from mlx_qwen_tts.prompt import build_prompt
 from mlx_qwen_tts.speaker_encoder import convert_speaker_encoder_weights, log_mel_spectrogram
 from mlx_qwen_tts.codec_encoder import MimiEncoderArgs, convert_codec_encoder_weights, load_codec_encoder
