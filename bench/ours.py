@@ -2,8 +2,8 @@
 
     python bench/ours.py   (a worker started by bench/run.py: JSON commands on stdin, see common.serve)
 
-Measures the loop's per-frame time, host syncs and Python (host) time per frame, time to the
-first frame, prefill, a stage split, memory and the weight bytes read per frame; the time to
+Measures the loop's per-frame time, host syncs and Python (host) time per frame, prefill, a
+stage split, memory and the weight bytes read per frame; the time to
 first audio of `stream()`; a profile of one frame (bench/profile_frame.py); and the memory
 bandwidth (bench/roofline.py).
 """
@@ -25,7 +25,7 @@ from mlx_qwen_tts.api import SynthesisStats, stream
 from mlx_qwen_tts.code_predictor import CodePredictor
 from mlx_qwen_tts.config import parse_model_config
 from mlx_qwen_tts.generate import GenerationSettings, GenerationStats, _code0_picker, _frame_finisher, generate_frames
-from mlx_qwen_tts.load import Model, default_dtype, load_model
+from mlx_qwen_tts.loading import Model, default_dtype, load_model
 from mlx_qwen_tts.prompt import build_prompt
 from mlx_qwen_tts.quantize import should_quantize
 from mlx_qwen_tts.sampling import code0_bias
@@ -120,7 +120,6 @@ def frame_weight_bytes(model: Model) -> dict:
 
 def run_loop(model, prompt_text, frames, seed) -> dict:
     """One generation of `frames` frames; timestamps and thread CPU time at every frame."""
-    t0 = time.perf_counter()
     prompt = build_prompt(model, prompt_text, voice=VOICE, language=LANGUAGE)
     settings = GenerationSettings.from_config(model.config.generation, max_frames=frames, ignore_eos=True, seed=seed)
     stats = GenerationStats()
@@ -130,8 +129,7 @@ def run_loop(model, prompt_text, frames, seed) -> dict:
         cpu.append(time.thread_time())  # MLX computes on its own threads: this is host (Python) work
     mx.eval(last)
     assert stats.frames == frames, f"{stats.frames} frames, stopped by {stats.stop_reason}"
-    return dict(frame_s=per_frame(stamps), python_s=per_frame(cpu), syncs=stats.host_syncs / stats.frames,
-                first_frame_s=stamps[0] - t0, total_s=time.perf_counter() - t0)
+    return dict(frame_s=per_frame(stamps), python_s=per_frame(cpu), syncs=stats.host_syncs / stats.frames)
 
 
 def time_prefill(model, prompt_text) -> float:

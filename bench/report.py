@@ -40,6 +40,12 @@ def overhead(records) -> list[str]:
                    "Python ms/frame (ours)", "Python share"], rows)
 
 
+def _decode_ms_per_frame(records, side):
+    """The codec's one-shot decode time per frame (Codec section), or None."""
+    shot = _one(records, kind="codec", side=side, metric="one_shot")
+    return shot["seconds"] / shot["frames"] * 1e3 if shot else None
+
+
 def real_shapes(records) -> list[str]:
     rows = []
     for r in _find(records, kind="generate"):
@@ -49,11 +55,23 @@ def real_shapes(records) -> list[str]:
                     precision=r["precision"] if r["precision"] != "8bit" else "float32")
         ms = r["ms_per_frame"]["median"]
         speedup = f"{base['ms_per_frame']['median'] / ms:.2f}×" if base and r["side"] == "ours" else "–"
+        decode = _decode_ms_per_frame(records, r["side"])
         rows.append([r["shape"], r["side"], r["precision"], _ms(r["ms_per_frame"], 0), _ms(r["talker_ms"], 0),
                      _ms(r["predictor_ms"], 0), f"{1000 / ms:.2f}", f"{ms / FRAME_MS:.1f}",
-                     _ms(r["prefill_ms"], 0), f"{r['peak_rss_gb']:.2f}", speedup])
+                     f"{(ms + decode) / FRAME_MS:.1f}" if decode else "–", _ms(r["prefill_ms"], 0),
+                     f"{r['peak_rss_gb']:.2f}", speedup])
     return _table(["shape", "side", "precision", "ms/frame", "talker step ms", "code predictor ms (15 steps)",
-                   "frames/s", "RTF", "prefill ms", "peak RSS GB", "official ÷ ours"], rows)
+                   "frames/s", "RTF", "RTF incl. decode", "prefill ms", "peak RSS GB", "official ÷ ours"], rows)
+
+
+def prefill_by_text(records) -> list[str]:
+    run = _one(records, kind="run")
+    rows = [[r["shape"], r["side"], r["precision"], *(_ms(r["prefill_by_text_ms"][t], 0) for t in run["prompt_ids"])]
+            for r in _find(records, kind="generate") if len(r.get("prefill_by_text_ms", {})) > 1]
+    if not rows:
+        return []
+    return ["Prefill (prompt embedding + the talker's prefill pass) per seed text, ms:", ""] + _table(
+        ["shape", "side", "precision", *(f"{t} ({n} ids)" for t, n in run["prompt_ids"].items())], rows)
 
 
 def profile(records) -> list[str]:
@@ -151,12 +169,15 @@ def render(records, elapsed_s) -> str:
     sections = [("Environment", environment(records)),
                 ("Overhead regime (tiny fixture: compute negligible, per-step overhead dominates)",
                  overhead(records)),
-                ("Real shapes (random weights in the released layout; medium text)", real_shapes(records)),
+                ("Real shapes (random weights in the released layout)", real_shapes(records) + [""] +
+                 prefill_by_text(records)),
                 ("Where our frame time goes", profile(records)), ("Roofline", roofline(records)), ("Streaming and codec", streaming(records)),
                 ("Targets", targets(records))]
     out = [f"# Benchmark results ({elapsed_s / 60:.1f} min)", "",
-           "ms/frame: median [min–max] over repetitions; RTF = synthesis time ÷ audio time (80 ms per frame), "
-           "generation only, steady state; stage times are separate synced measurements.", ""]
+           "ms/frame: median [min–max] over repetitions (steady state, after the first frame). RTF = synthesis "
+           "time ÷ audio time, one frame being 80 ms of audio: ms/frame ÷ 80 for generation, plus the codec's "
+           "one-shot decode time per frame for 'RTF incl. decode'. Stage times (talker step, code predictor) "
+           "are separate measurements with a sync after each stage.", ""]
     for title, body in sections:
         out += [f"## {title}", "", *body, ""]
     return "\n".join(out)

@@ -165,7 +165,7 @@ def _generate_record(side, shape, precision, frames, reps, threads, interleaved,
     flat = lambda key: _ms_spread(done.get(key) or sum((r[key] for r in reps_out), []))  # noqa: E731
     record = dict(kind="generate", side=side, shape=shape, precision=precision, threads=threads, frames=frames,
                   reps=reps, text=TEXT, interleaved=interleaved, ms_per_frame=ms("frame_s"),
-                  first_frame_ms=ms("first_frame_s"), prefill_ms=_ms_spread(prefill[TEXT]),
+                  prefill_ms=_ms_spread(prefill[TEXT]),
                   prefill_by_text_ms={t: _ms_spread(v) for t, v in prefill.items()},
                   talker_ms=flat("talker_s"), predictor_ms=flat("predictor_s"),
                   peak_rss_gb=done["peak_rss_gb"], build_s=build["build_s"], env=done["env"])
@@ -217,7 +217,8 @@ def main():
     bench = Bench(args, args.out)
     t0 = time.perf_counter()
     bench.emit(dict(kind="run", side="both", threads=args.threads, quick=args.quick, host=host_info(),
-                    started=time.strftime("%Y-%m-%d %H:%M:%S")))
+                    started=time.strftime("%Y-%m-%d %H:%M:%S"), text=TEXT,
+                    prompt_ids={name: len(ids) for name, ids in bench.token_ids().items()}))
     bench.bandwidth()
     over = plan["overhead"]
     for threads in sorted({1, args.threads}):
