@@ -20,7 +20,7 @@ from mlx_qwen_tts.loading import (FORMAT_KEY, FORMAT_VERSION, load_model, map_hf
                                read_safetensors)
 from mlx_qwen_tts.quantize import quantize_tensor, should_quantize
 
-SHARD_BYTES = 2 << 30
+SHARD_BYTES = 1 << 30  # pending output stays in memory until its shard is written
 COPIED_FILES = ["generation_config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
                 "preprocessor_config.json", "speech_tokenizer/config.json",
                 "speech_tokenizer/preprocessor_config.json"]
@@ -97,6 +97,7 @@ def publish(out: Path, build) -> Path:
     tmp.mkdir(parents=True)
     try:
         build(tmp)
+        mx.clear_cache()  # the written tensors' buffers, before the verification load
         load_model(tmp, codec=True)  # strict round trip before the folder becomes visible
         if out.exists():
             shutil.rmtree(out)
@@ -119,7 +120,7 @@ def _write(source, tmp, config_json, bits, group_size, dtype, dtype_name, progre
     weights = map_hf_model_weights(read_safetensors(source / "model.safetensors"))
     quantized = 0
     for name in progress_bar(sorted(weights), progress, "talker"):
-        w = weights[name]
+        w = weights.pop(name)  # drop each source tensor once written: memory stays near one shard
         if mx.issubdtype(w.dtype, mx.floating) and not name.startswith("speaker_encoder."):
             w = w.astype(dtype)
         if bits and should_quantize(name, w.shape, group_size):
@@ -130,7 +131,7 @@ def _write(source, tmp, config_json, bits, group_size, dtype, dtype_name, progre
             writer.add(name, w)
     codec = map_hf_codec_weights(read_safetensors(source / "speech_tokenizer" / "model.safetensors"))
     for name in progress_bar(sorted(codec), progress, "codec"):
-        writer.add(name, codec[name])
+        writer.add(name, codec.pop(name))
     writer.finish()
     (tmp / "speech_tokenizer").mkdir()
     for rel in COPIED_FILES:
