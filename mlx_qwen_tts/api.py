@@ -7,6 +7,7 @@ segments, generated in turn with the same voice; the codec state runs on across 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -110,7 +111,7 @@ def stream(model, text: str, *, voice=None, language="auto", instruct=None, gree
 
     for i, prompt in enumerate(prompts):
         if i and seed is not None:  # distinct but reproducible randomness per segment
-            settings = GenerationSettings(**{**settings.__dict__, "seed": seed + i})
+            settings = dataclasses.replace(settings, seed=seed + i)
         gen = GenerationStats()
         for frame in generate_frames(model, prompt, settings, gen):
             pending.append(frame)
