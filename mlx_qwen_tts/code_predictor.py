@@ -48,7 +48,7 @@ class CodePredictor(nn.Module):
         x = mx.concatenate([hidden, code0_embed], axis=1)
         codes, embed_sum, all_logits = [], None, []
         for g in range(1, len(self.lm_head) + 1):
-            logits = self.step_logits(x, cache, g)
+            logits = self.step_logits(x, cache, g).astype(mx.float32)  # sample in float32 under bf16 weights
             code = sample(logits, settings, keys[g - 1])
             x = self.codec_embedding[g - 1](code)[:, None]
             embed_sum = x if embed_sum is None else embed_sum + x
