@@ -165,6 +165,7 @@ def _generate_record(side, shape, precision, frames, reps, threads, interleaved,
     flat = lambda key: _ms_spread(done.get(key) or sum((r[key] for r in reps_out), []))  # noqa: E731
     record = dict(kind="generate", side=side, shape=shape, precision=precision, threads=threads, frames=frames,
                   reps=reps, text=TEXT, interleaved=interleaved, ms_per_frame=ms("frame_s"),
+                  ms_per_frame_reps=[r["frame_s"] * 1e3 for r in reps_out],
                   prefill_ms=_ms_spread(prefill[TEXT]),
                   prefill_by_text_ms={t: _ms_spread(v) for t, v in prefill.items()},
                   talker_ms=flat("talker_s"), predictor_ms=flat("predictor_s"),
