@@ -61,18 +61,35 @@ def build(shape: str, precision: str, codec: bool = False) -> Model:
 
 def randomize(root: nn.Module, prefix: str, dtype, bits):
     """Random weights in the real layout, module by module, made directly in `dtype` and quantized
-    right away (the converter's policy), so building never holds a float32 copy of the model."""
+    as they are made (the converter's policy), so building never holds a float32 copy of the model."""
     for path, module in list(root.named_modules()):
         own = {k: v for k, v in module.items() if isinstance(v, mx.array)}
         if not own:
             continue
         unit = isinstance(module, nn.Embedding)  # lookup tables: unit variance, as trained ones
-        module.update({k: _random(k, v.shape, dtype, unit) for k, v in own.items()})
         if bits and path and isinstance(module, (nn.Linear, nn.Embedding)) and should_quantize(
                 f"{prefix}{path}.weight", module.weight.shape, GROUP_SIZE):
-            module = module.to_quantized(group_size=GROUP_SIZE, bits=bits)
+            shape = module.weight.shape
+            module = module.to_quantized(group_size=GROUP_SIZE, bits=bits)  # its lazy arrays are replaced unread
+            module.weight, module.scales, module.biases = _random_quantized(shape, dtype, unit, bits)
+            own = {k: v for k, v in own.items() if k != "weight"}
             _replace(root, path, module)
+        module.update({k: _random(k, v.shape, dtype, unit) for k, v in own.items()})
         mx.eval(module.parameters())
+        mx.clear_cache()  # hand temporaries back, or the process's peak RSS counts them
+
+
+def _random_quantized(shape, dtype, unit, bits):
+    """Quantized noise made in row chunks: quantizing a whole 151936 x 2048 table at once takes
+    several float32 copies of it."""
+    rows, cols = shape
+    step = max(1, (1 << 24) // cols)  # 64 MB of float32 per chunk
+    parts = []
+    for start in range(0, rows, step):
+        parts.append(mx.quantize(_random("weight", (min(step, rows - start), cols), dtype, unit),
+                                 group_size=GROUP_SIZE, bits=bits))
+        mx.eval(parts[-1])
+    return [mx.concatenate(p) for p in zip(*parts)]
 
 
 def _random(name, shape, dtype, unit):

@@ -78,9 +78,9 @@ def real_shapes(records) -> list[str]:
                      _ms(r["talker_ms"], 0),
                      _ms(r["predictor_ms"], 0), f"{1000 / ms:.2f}", f"{ms / FRAME_MS:.1f}",
                      f"{(ms + decode) / FRAME_MS:.1f}" if decode else "–", _ms(r["prefill_ms"], 0),
-                     f"{r['peak_rss_gb']:.2f}", speedup])
+                     f"{r['peak_rss_gb']:.2f}" + (f" / {r['peak_mlx_gb']:.2f}" if "peak_mlx_gb" in r else ""), speedup])
     return _table(["shape", "side", "precision", "ms/frame", "talker step ms", "code predictor ms (15 steps)",
-                   "frames/s", "RTF", "RTF incl. decode", "prefill ms", "peak RSS GB", "official ÷ ours (paired)"], rows)
+                   "frames/s", "RTF", "RTF incl. decode", "prefill ms", "peak RSS GB (/ MLX peak)", "official ÷ ours (paired)"], rows)
 
 
 def prefill_by_text(records) -> list[str]:
