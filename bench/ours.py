@@ -214,7 +214,8 @@ class Session:
 
     def profile(self, frames, seed):
         """Host time per phase of the loop body and primitives per stage (bench/profile_frame.py)."""
-        return dict(host=host_split(self.model, self.text, frames, seed), graphs=graph_sizes(self.model, self.text, seed))
+        return dict(host=host_split(self.model, self.text, frames, seed),
+                    graphs=graph_sizes(self.model, self.text, seed))
 
     def finish(self, stage_steps, seed):
         talker_s, predictor_s = time_stages(self.model, self.text, stage_steps, seed)

@@ -80,7 +80,8 @@ def real_shapes(records) -> list[str]:
                      f"{(ms + decode) / FRAME_MS:.1f}" if decode else "–", _ms(r["prefill_ms"], 0),
                      f"{r['peak_rss_gb']:.2f}" + (f" / {r['peak_mlx_gb']:.2f}" if "peak_mlx_gb" in r else ""), speedup])
     return _table(["shape", "side", "precision", "ms/frame", "talker step ms", "code predictor ms (15 steps)",
-                   "frames/s", "RTF", "RTF incl. decode", "prefill ms", "peak RSS GB (/ MLX peak)", "official ÷ ours (paired)"], rows)
+                   "frames/s", "RTF", "RTF incl. decode", "prefill ms", "peak RSS GB (/ MLX peak)",
+                   "official ÷ ours (paired)"], rows)
 
 
 def prefill_by_text(records) -> list[str]:
@@ -190,7 +191,8 @@ def render(records, elapsed_s) -> str:
                  overhead(records)),
                 ("Real shapes (random weights in the released layout)", real_shapes(records) + [""] +
                  prefill_by_text(records)),
-                ("Where our frame time goes", profile(records)), ("Roofline", roofline(records)), ("Streaming and codec", streaming(records)),
+                ("Where our frame time goes", profile(records)), ("Roofline", roofline(records)),
+                ("Streaming and codec", streaming(records)),
                 ("Targets", targets(records))]
     out = [f"# Benchmark results ({elapsed_s / 60:.1f} min)", "",
            "ms/frame: median [min–max] over repetitions (steady state, after the first frame). RTF = synthesis "
