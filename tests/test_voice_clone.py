@@ -3,7 +3,6 @@ greedy generation from clones made by our own encoders, and the in-context wavef
 reference-audio loading and saved voice files."""
 
 import dataclasses
-import importlib.util
 
 import mlx.core as mx
 import numpy as np
@@ -18,12 +17,11 @@ from mlx_qwen_tts.speaker_encoder import convert_speaker_encoder_weights, log_me
 from mlx_qwen_tts.codec_encoder import MimiEncoderArgs, convert_codec_encoder_weights, load_codec_encoder
 from mlx_qwen_tts.voice import load_reference_audio, load_voice, make_voice_clone, model_fingerprint, save_voice
 
-HAS_CODEC = importlib.util.find_spec("mlx_qwen_tts.codec") is not None
 
 
 @pytest.fixture(scope="module")
 def model(model_dir):
-    return load_model(model_dir("base_0b6"), dtype=mx.float32, codec=HAS_CODEC)
+    return load_model(model_dir("base_0b6"), dtype=mx.float32, codec=True)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +83,6 @@ def test_greedy_codes_from_cloned_voice_match_official(model, clones, base_case)
     np.testing.assert_array_equal(codes, ref["codes"])
 
 
-@pytest.mark.skipif(not HAS_CODEC, reason="the codec decoder (mlx_qwen_tts/codec.py) is not written yet")
 def test_icl_waveform_matches_official(model, clones, icl_case):
     _, _, ref = icl_case
     from mlx_qwen_tts.codec import decode
