@@ -75,15 +75,21 @@ def download(repo_id: str, *, allow_patterns=SNAPSHOT_FILES, progress: bool = Tr
             enable_progress_bars()
 
 
+def _ready_or_repo(spec, bits, cache_dir) -> tuple[str | None, Path]:
+    """(repo id or None, folder): a local folder as is, else the cache path of its converted
+    copy, which exists only once converted (convert_model publishes it atomically)."""
+    where = _local_or_repo(spec)
+    if isinstance(where, Path):
+        return None, where
+    return where, converted_path(where, bits, cache_dir)
+
+
 def resolve_model(spec: str | Path, *, bits: int | None = 8, cache_dir: str | Path | None = None,
                   progress: bool = True) -> Path:
     """A ready model folder for `spec`: a local folder (converted or raw Hugging Face) as is, or a
     Hub id: the converted copy in the cache, made on first use (download, then convert)."""
-    where = _local_or_repo(spec)
-    if isinstance(where, Path):
-        return where
-    target = converted_path(where, bits, cache_dir)
-    if (target / "config.json").is_file():
+    where, target = _ready_or_repo(spec, bits, cache_dir)
+    if target.is_dir():
         return target
     snapshot = download(where, progress=progress)
     from convert.convert import convert_model
@@ -100,13 +106,8 @@ def resolve_model(spec: str | Path, *, bits: int | None = 8, cache_dir: str | Pa
 def resolve_config(spec: str | Path, *, bits: int | None = 8, cache_dir: str | Path | None = None) -> Path:
     """A folder holding at least the model's configuration (what `voices` needs): a local
     folder, the converted copy if cached, else only the config files from the Hub."""
-    where = _local_or_repo(spec)
-    if isinstance(where, Path):
-        return where
-    target = converted_path(where, bits, cache_dir)
-    if (target / "config.json").is_file():
-        return target
-    return download(where, allow_patterns=CONFIG_FILES, progress=False)
+    where, target = _ready_or_repo(spec, bits, cache_dir)
+    return target if target.is_dir() else download(where, allow_patterns=CONFIG_FILES, progress=False)
 
 
 def resolve_source(spec: str | Path, *, progress: bool = True) -> Path:
