@@ -18,17 +18,16 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from common import LANGUAGE, TEXTS, VOICE, host_info, peak_rss_gb, per_frame, serve
-from profile_frame import graph_sizes, host_split
+from profile_frame import LoopStart, graph_sizes, host_split
 from roofline import measure_bandwidth
 from shapes import FIXTURE, config_dicts
 from mlx_qwen_tts.api import SynthesisStats, stream
 from mlx_qwen_tts.code_predictor import CodePredictor
 from mlx_qwen_tts.config import parse_model_config
-from mlx_qwen_tts.generate import GenerationSettings, GenerationStats, _code0_picker, _frame_finisher, generate_frames
+from mlx_qwen_tts.generate import GenerationSettings, GenerationStats, generate_frames
 from mlx_qwen_tts.loading import Model, default_dtype, load_model
 from mlx_qwen_tts.prompt import build_prompt
 from mlx_qwen_tts.quantize import should_quantize
-from mlx_qwen_tts.sampling import code0_bias
 from mlx_qwen_tts.talker import Talker
 from mlx_qwen_tts.tokenizer import TextTokenizer
 
@@ -164,15 +163,9 @@ def time_stages(model, prompt_text, steps, seed) -> tuple[list, list]:
     cache is prefilled with the prompt's first position only: a few dozen cached positions more
     change nothing measurable, and an 8-bit prefill on the CPU takes tens of seconds."""
     cfg, talker = model.config, model.talker
-    dtype = talker.norm.weight.dtype
-    settings = GenerationSettings.from_config(cfg.generation, ignore_eos=True, seed=seed)
-    pick, finish = _code0_picker(model, settings), _frame_finisher(model, settings.predictor)
-    _, bias = code0_bias(cfg.talker.vocab_size, cfg.ids.codec_eos)
-    prompt = build_prompt(model, prompt_text, voice=VOICE, language=LANGUAGE)
-    cache = talker.make_cache()
-    hidden, logits = talker(prompt.embeds[:, :1].astype(dtype), cache)
-    key = mx.random.key(seed)
-    code0, seen = pick(logits, mx.zeros((1, cfg.talker.vocab_size), dtype=mx.bool_), bias, key)
+    s = LoopStart(model, prompt_text, seed, prefill_positions=1)
+    dtype, pick, finish, bias, prompt, cache = s.dtype, s.pick, s.finish, s.bias, s.prompt, s.cache
+    hidden, key, code0, seen = s.hidden, s.key, s.code0, s.seen
     mx.eval(code0, hidden)
     talker_s, predictor_s = [], []
     for _ in range(steps):

@@ -23,17 +23,31 @@ PHASES = ("keys + code-0 embedding", "code predictor (compiled call)", "talker s
           "code-0 sampler (compiled call)", "async_eval (dispatch)", "item (wait for code 0)")
 
 
+class LoopStart:
+    """The loop's compiled pieces and its state right after the prefill, as generate_frames builds
+    them (EOS impossible), for timing the loop body outside it. `prefill_positions` limits the
+    prefill to the prompt's first positions (an 8-bit CPU prefill of a long prompt takes minutes)."""
+
+    def __init__(self, model, text, seed, prefill_positions=None):
+        cfg, talker = model.config, model.talker
+        self.dtype = talker.norm.weight.dtype
+        settings = GenerationSettings.from_config(cfg.generation, ignore_eos=True, seed=seed)
+        self.pick, self.finish = _code0_picker(model, settings), _frame_finisher(model, settings.predictor)
+        _, self.bias = code0_bias(cfg.talker.vocab_size, cfg.ids.codec_eos)
+        self.prompt = build_prompt(model, text, voice=VOICE, language=LANGUAGE)
+        self.cache = talker.make_cache()
+        embeds = self.prompt.embeds[:, :prefill_positions]
+        self.hidden, logits = talker(embeds.astype(self.dtype), self.cache)
+        self.key = mx.random.key(seed)
+        self.code0, self.seen = self.pick(logits, mx.zeros((1, cfg.talker.vocab_size), dtype=mx.bool_),
+                                          self.bias, self.key)
+
+
 def host_split(model, text, frames, seed) -> dict:
     cfg, talker = model.config, model.talker
-    dtype = talker.norm.weight.dtype
-    settings = GenerationSettings.from_config(cfg.generation, ignore_eos=True, seed=seed)
-    pick, finish = _code0_picker(model, settings), _frame_finisher(model, settings.predictor)
-    _, bias = code0_bias(cfg.talker.vocab_size, cfg.ids.codec_eos)
-    prompt = build_prompt(model, text, voice=VOICE, language=LANGUAGE)
-    cache = talker.make_cache()
-    hidden, logits = talker(prompt.embeds.astype(dtype), cache)
-    key = mx.random.key(seed)
-    code0, seen = pick(logits, mx.zeros((1, cfg.talker.vocab_size), dtype=mx.bool_), bias, key)
+    s = LoopStart(model, text, seed)
+    dtype, pick, finish, bias, prompt, cache = s.dtype, s.pick, s.finish, s.bias, s.prompt, s.cache
+    hidden, key, code0, seen = s.hidden, s.key, s.code0, s.seen
     mx.async_eval(code0)
     cpu, wall = Counter(), Counter()
     marks = [(time.thread_time(), time.perf_counter())]
