@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlx_qwen_tts.loading import load_strict
+
 
 @dataclass(frozen=True)
 class MimiEncoderArgs:
@@ -298,11 +300,5 @@ def convert_codec_encoder_weights(weights: dict, args: MimiEncoderArgs) -> dict:
 
 def load_codec_encoder(weights: dict, args: MimiEncoderArgs, dtype: mx.Dtype = mx.float32) -> CodecEncoder:
     """Build the encoder from the official `encoder.*` tensors (prefix stripped)."""
-    model = CodecEncoder(args)
-    converted = convert_codec_encoder_weights(weights, args)
-    try:
-        model.load_weights([(k, v.astype(dtype)) for k, v in converted.items()], strict=True)
-    except ValueError as e:
-        raise ValueError(f"codec encoder weights do not match its config: {e}") from None
-    mx.eval(model.parameters())
-    return model
+    return load_strict(CodecEncoder(args), convert_codec_encoder_weights(weights, args), dtype,
+                       "codec encoder weights do not match its config")

@@ -108,16 +108,22 @@ def _take(weights: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
-def _load_module(module, prefix, weights, quantization, dtype, where):
-    part = _take(weights, prefix)
-    apply_quantization(module, prefix, weights, quantization)
+def load_strict(module, weights: dict, dtype, what: str):
+    """Fill every parameter of `module` (floats cast to `dtype`, quantization scales kept);
+    a missing or unexpected name is a ValueError that says `what` was being loaded."""
     items = [(k, v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and not k.endswith((".scales", ".biases"))
-              else v) for k, v in part.items()]
+              else v) for k, v in weights.items()]
     try:
         module.load_weights(items, strict=True)
     except ValueError as e:
-        raise ValueError(f"{where} ({prefix.rstrip('.')}): {e}") from None
+        raise ValueError(f"{what}: {e}") from None
     mx.eval(module.parameters())
+    return module
+
+
+def _load_module(module, prefix, weights, quantization, dtype, where):
+    apply_quantization(module, prefix, weights, quantization)
+    load_strict(module, _take(weights, prefix), dtype, f"{where} ({prefix.rstrip('.')})")
 
 
 def build_model(config: ModelConfig, weights: dict, folder: Path, *, quantization=None, dtype=None,

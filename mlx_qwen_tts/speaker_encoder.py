@@ -13,6 +13,7 @@ import mlx.nn as nn
 import numpy as np
 
 from mlx_qwen_tts.config import SpeakerEncoderConfig
+from mlx_qwen_tts.loading import load_strict
 
 # The official front end is fixed to these values, whatever the config says.
 SAMPLE_RATE = 24000
@@ -224,15 +225,9 @@ def convert_speaker_encoder_weights(weights: dict) -> dict:
 
 
 def load_speaker_encoder(weights: dict, cfg: SpeakerEncoderConfig, dtype: mx.Dtype = mx.float32) -> SpeakerEncoder:
-    """Build the encoder from `Model.speaker_encoder_weights` and `Model.config.speaker_encoder`."""
-    model = SpeakerEncoder(cfg)
-    converted = convert_speaker_encoder_weights(weights)
-    try:
-        model.load_weights([(k, v.astype(dtype)) for k, v in converted.items()], strict=True)
-    except ValueError as e:
-        raise ValueError(f"speaker encoder weights do not match its config: {e}") from None
-    mx.eval(model.parameters())
-    return model
+    """Build the encoder from the official `speaker_encoder.*` tensors (prefix stripped)."""
+    return load_strict(SpeakerEncoder(cfg), convert_speaker_encoder_weights(weights), dtype,
+                       "speaker encoder weights do not match its config")
 
 
 def extract_xvector(encoder: SpeakerEncoder, wave: np.ndarray) -> mx.array:
