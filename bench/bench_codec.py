@@ -27,7 +27,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_qwen_tts.codec import CodecDecoder
+from mlx_qwen_tts.models.codec import CodecDecoder
 from mlx_qwen_tts.config import CodecDecoderConfig
 
 ROOT = Path(__file__).resolve().parent.parent

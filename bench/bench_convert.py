@@ -27,7 +27,7 @@ def folder_bytes(folder: Path) -> int:
 
 
 def convert_in_child(source: Path, out: Path, bits: int | None) -> dict:
-    code = ("import sys, time, resource; from convert import convert_model; t = time.perf_counter(); "
+    code = ("import sys, time, resource; from mlx_qwen_tts_convert import convert_model; t = time.perf_counter(); "
             f"convert_model(sys.argv[1], sys.argv[2], bits={bits}, overwrite=True); "
             "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     proc = subprocess.run([sys.executable, "-c", code, str(source), str(out)], capture_output=True, text=True,

@@ -18,9 +18,9 @@ import time
 import mlx.core as mx
 import numpy as np
 
-from mlx_qwen_tts.codec_encoder import CodecEncoder, MimiEncoderArgs
+from mlx_qwen_tts.models.codec_encoder import CodecEncoder, MimiEncoderArgs
 from mlx_qwen_tts.config import SpeakerEncoderConfig
-from mlx_qwen_tts.speaker_encoder import SpeakerEncoder, log_mel_spectrogram
+from mlx_qwen_tts.models.speaker_encoder import SpeakerEncoder, log_mel_spectrogram
 
 SPEAKER = SpeakerEncoderConfig(mel_dim=128, enc_dim=1024, channels=(512, 512, 512, 512, 1536),
                                kernel_sizes=(5, 3, 3, 3, 1), dilations=(1, 2, 3, 4, 1), attention_channels=128,

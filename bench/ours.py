@@ -22,13 +22,13 @@ from profile_frame import LoopStart, graph_sizes, host_split
 from roofline import measure_bandwidth
 from shapes import FIXTURE, config_dicts
 from mlx_qwen_tts.api import SynthesisStats, stream
-from mlx_qwen_tts.code_predictor import CodePredictor
+from mlx_qwen_tts.models.code_predictor import CodePredictor
 from mlx_qwen_tts.config import parse_model_config
-from mlx_qwen_tts.generate import GenerationSettings, GenerationStats, generate_frames
+from mlx_qwen_tts.engine.generate import GenerationSettings, GenerationStats, generate_frames
 from mlx_qwen_tts.loading import Model, default_dtype, load_model
-from mlx_qwen_tts.prompt import build_prompt
+from mlx_qwen_tts.engine.prompt import build_prompt
 from mlx_qwen_tts.quantize import should_quantize
-from mlx_qwen_tts.talker import Talker
+from mlx_qwen_tts.models.talker import Talker
 from mlx_qwen_tts.tokenizer import TextTokenizer
 
 GROUP_SIZE = 64

@@ -15,9 +15,9 @@ from collections import Counter
 import mlx.core as mx
 
 from common import LANGUAGE, VOICE
-from mlx_qwen_tts.generate import GenerationSettings, _code0_picker, _frame_finisher
-from mlx_qwen_tts.prompt import build_prompt
-from mlx_qwen_tts.sampling import code0_bias
+from mlx_qwen_tts.engine.generate import GenerationSettings, _code0_picker, _frame_finisher
+from mlx_qwen_tts.engine.prompt import build_prompt
+from mlx_qwen_tts.engine.sampling import code0_bias
 
 PHASES = ("keys + code-0 embedding", "code predictor (compiled call)", "talker step (graph build)",
           "code-0 sampler (compiled call)", "async_eval (dispatch)", "item (wait for code 0)")

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from convert.gguf_dialects import GGUFError
+from .gguf_dialects import GGUFError
 
 TALKER_DEFAULTS = {  # qwen3-tts-architecture.md §1-3; every size is taken from the tensors
     "model_type": "qwen3_tts", "architectures": ["Qwen3TTSForConditionalGeneration"],

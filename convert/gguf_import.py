@@ -22,9 +22,9 @@ import gguf
 import mlx.core as mx
 import numpy as np
 
-from convert.convert import ShardWriter, progress_bar, publish, write_config
-from convert.gguf_config import codec_config, talker_config
-from convert.gguf_dialects import FLOAT_TYPES, GGUFError, GGUFFile, Tensor
+from .convert import ShardWriter, progress_bar, publish, write_config
+from .gguf_config import codec_config, talker_config
+from .gguf_dialects import FLOAT_TYPES, GGUFError, GGUFFile, Tensor
 from mlx_qwen_tts.config import ConfigError, parse_model_config
 from mlx_qwen_tts.loading import map_hf_codec_weights, map_hf_model_weights
 from mlx_qwen_tts.quantize import should_quantize
@@ -195,11 +195,11 @@ def _check(where, module, shapes: dict, names: dict):
 def _check_modules(talker: GGUFFile, codec: GGUFFile, planned: list, config):
     """Build every module from the rebuilt config (lazily: no weights are read) and check that the files
     fill it exactly, so that a broken pair fails before anything is written."""
-    from mlx_qwen_tts.code_predictor import CodePredictor
-    from mlx_qwen_tts.codec import CodecDecoder
-    from mlx_qwen_tts.codec_encoder import CodecEncoder, MimiEncoderArgs, convert_codec_encoder_weights
-    from mlx_qwen_tts.speaker_encoder import SpeakerEncoder, convert_speaker_encoder_weights
-    from mlx_qwen_tts.talker import Talker
+    from mlx_qwen_tts.models.code_predictor import CodePredictor
+    from mlx_qwen_tts.models.codec import CodecDecoder
+    from mlx_qwen_tts.models.codec_encoder import CodecEncoder, MimiEncoderArgs, convert_codec_encoder_weights
+    from mlx_qwen_tts.models.speaker_encoder import SpeakerEncoder, convert_speaker_encoder_weights
+    from mlx_qwen_tts.models.talker import Talker
 
     for prefix, module in (("talker.", Talker(config)), ("code_predictor.", CodePredictor(config))):
         part = [(ours[len(prefix):], t) for t, ours in planned if ours.startswith(prefix)]

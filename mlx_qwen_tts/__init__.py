@@ -10,7 +10,7 @@ _LAZY = {
     "load": "mlx_qwen_tts.hub",
     "synthesize": "mlx_qwen_tts.api",
     "stream": "mlx_qwen_tts.api",
-    "generate_frames": "mlx_qwen_tts.generate",
+    "generate_frames": "mlx_qwen_tts.engine.generate",
     "load_model_config": "mlx_qwen_tts.config",
 }
 

@@ -15,8 +15,8 @@ from typing import Iterator
 import mlx.core as mx
 import numpy as np
 
-from mlx_qwen_tts.generate import GenerationSettings, GenerationStats, generate_frames
-from mlx_qwen_tts.prompt import VoiceClone, build_prompt
+from mlx_qwen_tts.engine.generate import GenerationSettings, GenerationStats, generate_frames
+from mlx_qwen_tts.engine.prompt import VoiceClone, build_prompt
 from mlx_qwen_tts.text import split_text
 
 

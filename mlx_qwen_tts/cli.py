@@ -152,7 +152,7 @@ def _speak(text, *, model, voice, language, instruct, out, play, device, verbose
     from mlx_qwen_tts import audio
     from mlx_qwen_tts.config import config_summary, load_model_config
     from mlx_qwen_tts.hub import resolve_model
-    from mlx_qwen_tts.prompt import resolve_language, resolve_voice
+    from mlx_qwen_tts.engine.prompt import resolve_language, resolve_voice
 
     if not play and out is None:
         raise click.ClickException("nothing to do: --no-play needs --out FILE")
@@ -173,7 +173,7 @@ def _speak(text, *, model, voice, language, instruct, out, play, device, verbose
     import numpy as np
 
     from mlx_qwen_tts.api import SynthesisStats, stream
-    from mlx_qwen_tts.generate import FRAME_RATE
+    from mlx_qwen_tts.engine.generate import FRAME_RATE
     from mlx_qwen_tts.loading import load_model
 
     t0 = time.perf_counter()
@@ -269,14 +269,14 @@ def convert_command(source, out, codec_gguf, tokenizer_dir, bits, no_quantize, d
     """
     with user_errors():
         if source.endswith(".gguf"):
-            from convert.gguf_import import convert_gguf
+            from mlx_qwen_tts_convert.gguf_import import convert_gguf
 
             if codec_gguf is None:
                 raise click.ClickException("a GGUF talker needs its codec file: --codec qwen-tokenizer-12hz-*.gguf")
             convert_gguf(source, codec_gguf, out, tokenizer_dir=tokenizer_dir, overwrite=force, progress=True)
             click.echo(f"Converted {source} + {codec_gguf} -> {out}", err=True)
             return
-        from convert.convert import convert_model
+        from mlx_qwen_tts_convert.convert import convert_model
         from mlx_qwen_tts.hub import resolve_source
         from mlx_qwen_tts.loading import is_converted
 

@@ -92,7 +92,7 @@ def resolve_model(spec: str | Path, *, bits: int | None = 8, cache_dir: str | Pa
     if target.is_dir():
         return target
     snapshot = download(where, progress=progress)
-    from convert.convert import convert_model
+    from mlx_qwen_tts_convert.convert import convert_model
 
     target.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_qwen_tts.code_predictor import CodePredictor
+from mlx_qwen_tts.models.code_predictor import CodePredictor
 from mlx_qwen_tts.config import ModelConfig, load_model_config
 from mlx_qwen_tts.quantize import apply_quantization
-from mlx_qwen_tts.talker import Talker
+from mlx_qwen_tts.models.talker import Talker
 from mlx_qwen_tts.tokenizer import TextTokenizer
 
 FORMAT_KEY = "mlx_qwen_tts"
@@ -79,7 +79,7 @@ def map_hf_model_weights(weights: dict) -> dict:
 def map_hf_codec_weights(weights: dict) -> dict:
     """Official `speech_tokenizer/model.safetensors` -> `codec.*` (decoder, MLX layout, float32)
     and `codec_encoder.*` (the voice-clone encoder, kept as stored)."""
-    from mlx_qwen_tts.codec import convert_decoder_weights
+    from mlx_qwen_tts.models.codec import convert_decoder_weights
 
     decoder = {k[len("decoder."):]: v for k, v in weights.items() if k.startswith("decoder.")}
     encoder = {f"codec_encoder.{k[len('encoder.'):]}": v for k, v in weights.items() if k.startswith("encoder.")}
@@ -141,7 +141,7 @@ def build_model(config: ModelConfig, weights: dict, folder: Path, *, quantizatio
     model = Model(config=config, talker=talker, code_predictor=predictor, tokenizer=TextTokenizer(folder),
                   extra_weights=extra, path=folder, quantization=quantization)
     if codec:
-        from mlx_qwen_tts.codec import CodecDecoder
+        from mlx_qwen_tts.models.codec import CodecDecoder
 
         model.codec = CodecDecoder(config.speech_tokenizer.decoder)
         _load_module(model.codec, "codec.", weights, None, mx.float32, folder)  # the codec stays float32

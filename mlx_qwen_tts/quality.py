@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass
 import mlx.core as mx
 import numpy as np
 
-from mlx_qwen_tts.generate import GenerationSettings, generate_frames
-from mlx_qwen_tts.prompt import build_prompt, codes_embedding
-from mlx_qwen_tts.sampling import code0_bias
-from mlx_qwen_tts.talker import run_blocks
+from mlx_qwen_tts.engine.generate import GenerationSettings, generate_frames
+from mlx_qwen_tts.engine.prompt import build_prompt, codes_embedding
+from mlx_qwen_tts.engine.sampling import code0_bias
+from mlx_qwen_tts.models.talker import run_blocks
 
 GATE_PROMPTS = [("Hello! This is a short test of the quantized voice.", "english"),
                 ("The quick brown fox jumps over the lazy dog, twice.", "english"),

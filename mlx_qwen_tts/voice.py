@@ -19,9 +19,9 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from mlx_qwen_tts.codec_encoder import CodecEncoder, MimiEncoderArgs, load_codec_encoder
-from mlx_qwen_tts.prompt import VoiceClone
-from mlx_qwen_tts.speaker_encoder import SpeakerEncoder, extract_xvector, load_speaker_encoder
+from mlx_qwen_tts.models.codec_encoder import CodecEncoder, MimiEncoderArgs, load_codec_encoder
+from mlx_qwen_tts.engine.prompt import VoiceClone
+from mlx_qwen_tts.models.speaker_encoder import SpeakerEncoder, extract_xvector, load_speaker_encoder
 
 SAMPLE_RATE = 24000
 MIN_SECONDS, MAX_SECONDS = 1.0, 30.0

@@ -8,7 +8,7 @@ from mlx.utils import tree_flatten
 
 from conftest import load_cases
 from mlx_qwen_tts.api import SynthesisStats, stream, synthesize
-from mlx_qwen_tts.codec import decode
+from mlx_qwen_tts.models.codec import decode
 from mlx_qwen_tts.loading import load_model
 from mlx_qwen_tts.text import split_text
 

@@ -17,7 +17,7 @@ import soundfile as sf
 from click.testing import CliRunner
 from test_audio import fake_sounddevice, null_audio_device  # noqa: F401 (a fixture)
 
-from convert.convert import convert_model
+from mlx_qwen_tts_convert.convert import convert_model
 from mlx_qwen_tts import audio
 from mlx_qwen_tts.api import SynthesisStats, stream, synthesize
 from mlx_qwen_tts.cli import PLAY_CHUNK_FRAMES, convert_command, main

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 from test_cli import assert_one_line_error, run
 
-from convert.convert import convert_model
+from mlx_qwen_tts_convert.convert import convert_model
 from mlx_qwen_tts import load
 from mlx_qwen_tts.api import synthesize
 

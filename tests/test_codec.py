@@ -7,7 +7,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_qwen_tts.codec import convert_decoder_weights, decode, load_codec_decoder
+from mlx_qwen_tts.models.codec import convert_decoder_weights, decode, load_codec_decoder
 from mlx_qwen_tts.config import parse_speech_tokenizer_config
 
 SAMPLES_PER_FRAME = 1920

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-import convert.convert as conv
-from convert import convert_model
-from mlx_qwen_tts.generate import GenerationSettings, GenerationStats, generate_frames
+import mlx_qwen_tts_convert.convert as conv
+from mlx_qwen_tts_convert import convert_model
+from mlx_qwen_tts.engine.generate import GenerationSettings, GenerationStats, generate_frames
 from mlx_qwen_tts.loading import FORMAT_KEY, load_model, read_converted_weights
-from mlx_qwen_tts.prompt import build_prompt
+from mlx_qwen_tts.engine.prompt import build_prompt
 from mlx_qwen_tts.quality import quality_gate
 
 TEXT = "Hello world, this is a test."

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import VARIANTS, load_cases
-from mlx_qwen_tts.generate import GenerationSettings, GenerationStats, generate_frames
+from mlx_qwen_tts.engine.generate import GenerationSettings, GenerationStats, generate_frames
 from mlx_qwen_tts.loading import load_model
-from mlx_qwen_tts.prompt import VoiceClone, build_prompt
+from mlx_qwen_tts.engine.prompt import VoiceClone, build_prompt
 from mlx_qwen_tts.tokenizer import TextTokenizer
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 
-from convert import convert_model
-from convert.gguf_config import codec_config
-from convert.gguf_dialects import CODEC_A, CODEC_B, TALKER_A, TALKER_B, GGUFError, GGUFFile, NameMap, read_gguf
-from convert.gguf_import import convert_gguf, read_float, read_quantized, repack
+from mlx_qwen_tts_convert import convert_model
+from mlx_qwen_tts_convert.gguf_config import codec_config
+from mlx_qwen_tts_convert.gguf_dialects import CODEC_A, CODEC_B, TALKER_A, TALKER_B, GGUFError, GGUFFile, NameMap, read_gguf
+from mlx_qwen_tts_convert.gguf_import import convert_gguf, read_float, read_quantized, repack
 from mlx_qwen_tts.config import load_model_config, parse_speech_tokenizer_config
 from mlx_qwen_tts.loading import FORMAT_KEY, load_model, map_hf_codec_weights, map_hf_model_weights, \
     read_converted_weights
@@ -318,8 +318,8 @@ def test_qwentts_f32_equals_the_hugging_face_path(qwentts_f32, model_dir, work):
 
 
 def _greedy_frames(model, frames=3):
-    from mlx_qwen_tts.generate import GenerationSettings, GenerationStats, generate_frames
-    from mlx_qwen_tts.prompt import build_prompt
+    from mlx_qwen_tts.engine.generate import GenerationSettings, GenerationStats, generate_frames
+    from mlx_qwen_tts.engine.prompt import build_prompt
 
     prompt = build_prompt(model, "Hello world.", voice="ryan", language="english")
     settings = GenerationSettings.from_config(model.config.generation, greedy=True, max_frames=frames,
@@ -364,8 +364,8 @@ def test_crispasr_f16_needs_the_tokenizer_folder(work, model_dir):
 
 
 def test_hf_named_q4_0_talker_reads_its_config_alongside(work, model_dir):
-    from mlx_qwen_tts.codec_encoder import MimiEncoderArgs, load_codec_encoder
-    from mlx_qwen_tts.speaker_encoder import load_speaker_encoder
+    from mlx_qwen_tts.models.codec_encoder import MimiEncoderArgs, load_codec_encoder
+    from mlx_qwen_tts.models.speaker_encoder import load_speaker_encoder
 
     folder, side = model_dir("base_0b6"), work / "rusttts"
     side.mkdir()
@@ -480,7 +480,7 @@ def test_dialects_are_told_apart(qwentts_f32, work, tmp_path):
 
 def test_thin_codec_metadata_is_completed_from_shapes_and_defaults(qwentts_f32, model_dir, tmp_path):
     """qwen3-tts.cpp codec files carry a few keys only; sizes come from the shapes, the rest from defaults."""
-    from mlx_qwen_tts.codec_encoder import MimiEncoderArgs
+    from mlx_qwen_tts.models.codec_encoder import MimiEncoderArgs
 
     p = "qwen3-tts-tokenizer."
     thin = {p + "num_codebooks": 16, p + "codebook_size": 2048, p + "sample_rate": 24000,

@@ -7,11 +7,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_qwen_tts.generate import (STUCK_WINDOW, GenerationSettings, GenerationStats, frame_budget,
+from mlx_qwen_tts.engine.generate import (STUCK_WINDOW, GenerationSettings, GenerationStats, frame_budget,
                                    generate_frames)
 from mlx_qwen_tts.loading import load_model
-from mlx_qwen_tts.prompt import build_prompt
-from mlx_qwen_tts.sampling import SamplerSettings, code0_bias, repetition_penalty, sample, warp_logits
+from mlx_qwen_tts.engine.prompt import build_prompt
+from mlx_qwen_tts.engine.sampling import SamplerSettings, code0_bias, repetition_penalty, sample, warp_logits
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import pytest
 import soundfile as sf
 
 from conftest import load_cases
-from mlx_qwen_tts.generate import GenerationSettings, generate_frames
+from mlx_qwen_tts.engine.generate import GenerationSettings, generate_frames
 from mlx_qwen_tts.loading import load_model
-from mlx_qwen_tts.prompt import build_prompt
-from mlx_qwen_tts.speaker_encoder import convert_speaker_encoder_weights, log_mel_spectrogram
-from mlx_qwen_tts.codec_encoder import MimiEncoderArgs, convert_codec_encoder_weights, load_codec_encoder
+from mlx_qwen_tts.engine.prompt import build_prompt
+from mlx_qwen_tts.models.speaker_encoder import convert_speaker_encoder_weights, log_mel_spectrogram
+from mlx_qwen_tts.models.codec_encoder import MimiEncoderArgs, convert_codec_encoder_weights, load_codec_encoder
 from mlx_qwen_tts.voice import load_reference_audio, load_voice, make_voice_clone, model_fingerprint, save_voice
 
 
@@ -85,7 +85,7 @@ def test_greedy_codes_from_cloned_voice_match_official(model, clones, base_case)
 
 def test_icl_waveform_matches_official(model, clones, icl_case):
     _, _, ref = icl_case
-    from mlx_qwen_tts.codec import decode
+    from mlx_qwen_tts.models.codec import decode
 
     ref_codes = clones["icl"].ref_codes
     full = mx.concatenate([ref_codes, mx.array(ref["codes"].astype(np.int32))], axis=0)

@@ -18,8 +18,8 @@ from typing import Iterator
 import mlx.core as mx
 
 from mlx_qwen_tts.config import GenerationConfig
-from mlx_qwen_tts.prompt import Prompt
-from mlx_qwen_tts.sampling import SamplerSettings, code0_bias, repetition_penalty, sample
+from mlx_qwen_tts.engine.prompt import Prompt
+from mlx_qwen_tts.engine.sampling import SamplerSettings, code0_bias, repetition_penalty, sample
 
 FRAME_RATE = 12.5
 # Runaway guard. The budget allows ~4x the slowest plausible speech (1 s per text token, on

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_qwen_tts.codec_layers import (CausalConv1d, CausalConvTranspose1d, ConvNeXtBlock, DecoderBlock,
+from mlx_qwen_tts.models.codec_layers import (CausalConv1d, CausalConvTranspose1d, ConvNeXtBlock, DecoderBlock,
                                        SnakeBeta, WindowedTransformer)
 from mlx_qwen_tts.config import CodecDecoderConfig
 

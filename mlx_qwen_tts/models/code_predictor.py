@@ -15,8 +15,8 @@ from mlx_lm.models import qwen3
 from mlx_lm.models.cache import KVCache
 
 from mlx_qwen_tts.config import ModelConfig
-from mlx_qwen_tts.sampling import SamplerSettings, sample
-from mlx_qwen_tts.talker import block_args, run_blocks
+from mlx_qwen_tts.engine.sampling import SamplerSettings, sample
+from mlx_qwen_tts.models.talker import block_args, run_blocks
 
 
 class CodePredictor(nn.Module):

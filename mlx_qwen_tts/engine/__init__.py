@@ -1,0 +1,1 @@
+"""The generation engine: requests, prompts, sampling, the batched frame step and its scheduler."""
