@@ -10,6 +10,9 @@ _LAZY = {
     "load": "mlx_qwen_tts.hub",
     "synthesize": "mlx_qwen_tts.api",
     "stream": "mlx_qwen_tts.api",
+    "synthesize_batch": "mlx_qwen_tts.api",
+    "Engine": "mlx_qwen_tts.engine.scheduler",
+    "make_request": "mlx_qwen_tts.engine.request",
     "generate_frames": "mlx_qwen_tts.engine.generate",
     "load_model_config": "mlx_qwen_tts.config",
 }

@@ -53,7 +53,12 @@ class Model:
     extra_weights: dict = field(default_factory=dict, repr=False)  # speaker_encoder.*, codec_encoder.*
     path: Path | None = None
     quantization: dict | None = None
-    compiled: dict = field(default_factory=dict, repr=False)  # traced per-frame graphs, by sampler setting
+    frame_step: object = field(default=None, repr=False)  # the one compiled frame step (engine/step.py)
+
+    def __post_init__(self):
+        from mlx_qwen_tts.engine.step import FrameStep
+
+        self.frame_step = FrameStep(self)
 
     @property
     def sample_rate(self) -> int:

@@ -47,7 +47,7 @@ def test_stream_concatenation_equals_one_shot_decode(custom, first, every):
     chunks = list(stream(custom, "Hello world, this is a test.", voice="ryan", seed=5, max_frames=20,
                          first_chunk_frames=first, chunk_frames=every, codes_out=codes))
     assert len(chunks[0]) == first * 1920
-    one_shot = np.array(decode(custom.codec, mx.stack(codes)))  # [T, 16] in, [T * 1920] out
+    one_shot = np.array(decode(custom.codec, mx.array(np.stack(codes))))  # [T, 16] in, [T * 1920] out
     np.testing.assert_allclose(np.concatenate(chunks), one_shot, atol=1e-5, rtol=0)
 
 

@@ -8,8 +8,9 @@ import pytest
 
 from conftest import VARIANTS, load_cases
 from mlx_qwen_tts.engine.generate import GenerationSettings, GenerationStats, generate_frames
-from mlx_qwen_tts.loading import load_model
 from mlx_qwen_tts.engine.prompt import VoiceClone, build_prompt
+from mlx_qwen_tts.loading import load_model
+from mlx_qwen_tts.quality import teacher_forced_logits
 from mlx_qwen_tts.tokenizer import TextTokenizer
 
 
@@ -62,17 +63,28 @@ def test_greedy_generation_matches_official(models, fixtures_dir, case):
     np.testing.assert_allclose(np.array(prompt.embeds), ref["prefill"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.array(prompt.trailing), ref["trailing"], atol=1e-5, rtol=0)
 
-    stats = GenerationStats(trace=[])
+    stats = GenerationStats()
     settings = GenerationSettings.from_config(model.config.generation, greedy=True,
                                               max_frames=args["max_new_tokens"] - 1)
     codes = np.array([np.array(f) for f in generate_frames(model, prompt, settings, stats)]).reshape(-1, 16)
     np.testing.assert_array_equal(codes, ref["codes"])
     assert stats.stop_reason == ("eos" if args["ended_with_eos"] else "max_frames")
-    # Every talker step whose logits the official run produced, and every frame's 15 predictor steps.
-    steps = min(len(stats.trace), len(ref["talker_logits"]))
-    assert steps >= len(ref["codes"])
-    for i in range(steps):
-        np.testing.assert_allclose(np.array(stats.trace[i][0][0]), ref["talker_logits"][i], atol=1e-4, rtol=0)
-    for i in range(len(ref["codes"])):
-        np.testing.assert_allclose(np.array(stats.trace[i][1][0]), ref["predictor_logits"][i], atol=1e-4, rtol=0)
     assert stats.host_syncs <= len(codes) + 1  # one sync per frame (+ the EOS frame)
+
+
+def test_logits_match_official_at_every_step(models, fixtures_dir, case):
+    """The networks' forward pass, teacher-forced with the official greedy codes: the talker's
+    code-0 logits at every step (the EOS step too) and every frame's 15 predictor steps."""
+    variant, _, args, ref = case
+    model = models(variant)
+    prompt = build_prompt(model, args["text"], voice=args["speaker"], language=args["language"],
+                          instruct=args["instruct"], non_streaming_text=args["non_streaming"],
+                          clone=_clone(fixtures_dir, args))
+    steps = len(ref["talker_logits"])
+    assert steps >= len(ref["codes"])
+    # one extra (arbitrary) frame lets the forward pass reach the step after the last code
+    forced = np.concatenate([ref["codes"], np.zeros((1, 16), np.int32)])[:steps]
+    talker_logits, predictor_logits = teacher_forced_logits(model, prompt, mx.array(forced))
+    np.testing.assert_allclose(np.array(talker_logits), ref["talker_logits"], atol=1e-4, rtol=0)
+    n = len(ref["codes"])
+    np.testing.assert_allclose(np.array(predictor_logits)[:n], ref["predictor_logits"][:n], atol=1e-4, rtol=0)

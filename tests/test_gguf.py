@@ -324,7 +324,7 @@ def _greedy_frames(model, frames=3):
     prompt = build_prompt(model, "Hello world.", voice="ryan", language="english")
     settings = GenerationSettings.from_config(model.config.generation, greedy=True, max_frames=frames,
                                               ignore_eos=True)
-    return np.array(mx.stack(list(generate_frames(model, prompt, settings, GenerationStats(trace=[])))))
+    return np.array(mx.stack(list(generate_frames(model, prompt, settings, GenerationStats()))))
 
 
 def test_qwentts_q8_0_repacks_exactly_into_8bit_groups_of_32(work, model_dir):

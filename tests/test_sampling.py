@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from mlx_qwen_tts.engine.generate import (STUCK_WINDOW, GenerationSettings, GenerationStats, frame_budget,
-                                   generate_frames)
-from mlx_qwen_tts.loading import load_model
+                                          generate_frames)
 from mlx_qwen_tts.engine.prompt import build_prompt
-from mlx_qwen_tts.engine.sampling import SamplerSettings, code0_bias, repetition_penalty, sample, warp_logits
+from mlx_qwen_tts.engine.sampling import (SamplerArrays, SamplerSettings, code0_bias, repetition_penalty, sample,
+                                          uniform_noise, warp_logits)
+from mlx_qwen_tts.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,8 @@ def _seen(history, vocab):
 
 def test_repetition_penalty_matches_official(official):
     scores = mx.array(official["scores"])
-    out = repetition_penalty(scores, _seen(official["history"], scores.shape[-1]), 1.05)
+    penalty = mx.full((scores.shape[0],), 1.05)
+    out = repetition_penalty(scores, _seen(official["history"], scores.shape[-1]), penalty)
     np.testing.assert_allclose(np.array(out), official["repetition_penalty"], rtol=1e-6)
 
 
@@ -52,7 +54,8 @@ def test_suppression_and_min_length_match_official(official):
     ("top_p", SamplerSettings(temperature=1.0, top_k=0, top_p=0.8)),
 ])
 def test_warpers_keep_the_official_token_sets(official, name, settings):
-    ours = np.array(warp_logits(mx.array(official["scores"]), settings))
+    scores = mx.array(official["scores"])
+    ours = np.array(warp_logits(scores, SamplerArrays.of([settings] * scores.shape[0])))
     ref = official[name]
     np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref))
     # the same distribution over the kept tokens
@@ -67,10 +70,42 @@ def _normalise(logits):
 def test_sample_respects_top_k_and_greedy():
     logits = mx.array(np.random.default_rng(0).normal(size=(1, 300)).astype(np.float32))
     top5 = set(np.argsort(-np.array(logits[0]))[:5].tolist())
-    keys = mx.random.split(mx.random.key(1), 200)
-    drawn = {int(sample(logits, SamplerSettings(temperature=2.0, top_k=5), k)[0]) for k in keys}
+    seeds = mx.array([[1, 0]], dtype=mx.uint32)
+    sampler = SamplerArrays.of([SamplerSettings(temperature=2.0, top_k=5)])
+    drawn = {int(sample(logits, sampler, uniform_noise(seeds, mx.array([k]), 0, 300))[0]) for k in range(200)}
     assert drawn <= top5 and len(drawn) > 1
-    assert int(sample(logits, SamplerSettings(do_sample=False), keys[0])[0]) == int(np.argmax(np.array(logits)))
+    greedy = SamplerArrays.of([SamplerSettings(do_sample=False)])
+    assert int(sample(logits, greedy, uniform_noise(seeds, mx.array([0]), 0, 300))[0]) == int(np.argmax(np.array(logits)))
+
+
+def test_rows_with_different_settings_sample_as_if_alone():
+    """One batch mixing greedy, top-k and top-p rows: each row's draw equals its draw alone."""
+    rng = np.random.default_rng(3)
+    logits = mx.array(rng.normal(size=(4, 500)).astype(np.float32) * 3)
+    settings = [SamplerSettings(do_sample=False), SamplerSettings(temperature=0.7, top_k=3),
+                SamplerSettings(temperature=1.3, top_k=0, top_p=0.5), SamplerSettings(temperature=1.0, top_k=40)]
+    seeds = mx.array([[11, 1], [12, 2], [13, 3], [14, 4]], dtype=mx.uint32)
+    for frame in range(20):
+        counter = mx.full((4,), frame, dtype=mx.int32)
+        together = sample(logits, SamplerArrays.of(settings), uniform_noise(seeds, counter, 0, 500))
+        for i, s in enumerate(settings):
+            alone = sample(logits[i:i + 1], SamplerArrays.of([s]), uniform_noise(seeds[i:i + 1], counter[i:i + 1], 0, 500))
+            assert int(together[i]) == int(alone[0])
+        assert int(together[0]) == int(np.argmax(np.array(logits[0])))
+        assert int(together[1]) in set(np.argsort(-np.array(logits[1]))[:3].tolist())
+
+
+def test_gumbel_noise_draws_the_warped_distribution():
+    """Counter-based noise: the frequencies of 4000 draws match the softmax (chi-square bound)."""
+    logits = mx.array([[2.0, 1.0, 0.5, 0.0, -1.0]])
+    probs = np.exp(np.array(logits[0])) / np.exp(np.array(logits[0])).sum()
+    sampler = SamplerArrays.of([SamplerSettings(temperature=1.0, top_k=0)] * 4000)
+    seeds = mx.array([[7, 0]] * 4000, dtype=mx.uint32)
+    drawn = np.array(sample(mx.repeat(logits, 4000, axis=0), sampler,
+                            uniform_noise(seeds, mx.arange(4000), 0, 5)))
+    counts = np.bincount(drawn, minlength=5)
+    chi2 = ((counts - 4000 * probs) ** 2 / (4000 * probs)).sum()
+    assert chi2 < 20  # 4 degrees of freedom: p < 0.001
 
 
 def _run(model, prompt, **kw):

@@ -1,9 +1,9 @@
-"""The generation loop: the only one; synthesis, streaming, the CLI and the benchmarks use it.
+"""The running batch: rows join (prefilled on their own) and leave between two frame steps.
 
-Per frame: the compiled code-predictor graph finishes frame k (groups 1..15) and builds the
-next talker input, the talker steps once and code 0 of frame k+1 is sampled, all queued with
-async_eval before the host reads code 0 of frame k, which was computed during the previous
-frame. So there is exactly one host sync per frame and the device never waits for Python.
+`Batch.step()` queues the next compiled frame step, then reads the frames of the step queued
+before it: exactly one host sync per frame for the whole batch, and the device always has the
+next step to work on while the host applies the stop rules. Stop rules stay on the host, per
+row: EOS, the frame cap, the runaway guard, cancellation.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import random
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import mlx.core as mx
+import numpy as np
 
-from mlx_qwen_tts.config import GenerationConfig
 from mlx_qwen_tts.engine.prompt import Prompt
-from mlx_qwen_tts.engine.sampling import SamplerSettings, code0_bias, repetition_penalty, sample
+from mlx_qwen_tts.engine.request import MAX_SEED, GenerationSettings
+from mlx_qwen_tts.engine.sampling import SamplerArrays
+from mlx_qwen_tts.engine.step import (KV_BLOCK, TEXT_BLOCK, BatchState, capacity_for, pick_code0,
+                                      step_constants)
 
 FRAME_RATE = 12.5
 # Runaway guard. The budget allows ~4x the slowest plausible speech (1 s per text token, on
@@ -28,34 +30,8 @@ BUDGET_BASE_S, BUDGET_PER_TOKEN_S = 4.0, 1.0
 STUCK_WINDOW, STUCK_MAX_DISTINCT = 62, 3
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    talker: SamplerSettings = SamplerSettings()
-    predictor: SamplerSettings = SamplerSettings()
-    repetition_penalty: float = 1.05
-    max_frames: int | None = None  # hard cap; None: the runaway budget from the text length
-    max_new_tokens: int = 8192  # the model's own ceiling (generation_config.json)
-    seed: int | None = None
-    ignore_eos: bool = False  # EOS made impossible (benchmarks, guard tests)
-
-    @classmethod
-    def from_config(cls, gen: GenerationConfig, *, greedy=False, temperature=None, top_k=None, top_p=None,
-                    subtalker_temperature=None, subtalker_top_k=None, subtalker_top_p=None,
-                    repetition_penalty=None, **kw) -> "GenerationSettings":
-        """Explicit arguments win over generation_config.json, as in the official wrapper."""
-        def pick(value, default):
-            return default if value is None else value
-
-        talker = SamplerSettings(do_sample=gen.do_sample and not greedy,
-                                 temperature=pick(temperature, gen.temperature), top_k=pick(top_k, gen.top_k),
-                                 top_p=pick(top_p, gen.top_p))
-        predictor = SamplerSettings(do_sample=gen.subtalker_do_sample and not greedy,
-                                    temperature=pick(subtalker_temperature, gen.subtalker_temperature),
-                                    top_k=pick(subtalker_top_k, gen.subtalker_top_k),
-                                    top_p=pick(subtalker_top_p, gen.subtalker_top_p))
-        return cls(talker=talker, predictor=predictor,
-                   repetition_penalty=pick(repetition_penalty, gen.repetition_penalty),
-                   max_new_tokens=gen.max_new_tokens, **kw)
+def frame_budget(text_tokens: int) -> int:
+    return math.ceil(FRAME_RATE * (BUDGET_BASE_S + BUDGET_PER_TOKEN_S * text_tokens))
 
 
 @dataclass
@@ -63,110 +39,238 @@ class GenerationStats:
     frames: int = 0
     host_syncs: int = 0
     prefill_s: float = 0.0
-    first_frame_s: float = 0.0  # from the start of generation
+    first_frame_s: float = 0.0  # from the row's start
     elapsed_s: float = 0.0
-    stop_reason: str = ""  # eos | max_frames | runaway_budget | runaway_stuck
+    stop_reason: str = ""  # eos | max_frames | runaway_budget | runaway_stuck | cancelled
     runaway: bool = False
-    trace: list | None = field(default=None, repr=False)  # (talker logits, predictor logits) per step
 
 
-def frame_budget(text_tokens: int) -> int:
-    return math.ceil(FRAME_RATE * (BUDGET_BASE_S + BUDGET_PER_TOKEN_S * text_tokens))
+@dataclass(eq=False)
+class Row:
+    """One generation in the batch (one text segment of a request)."""
+
+    prompt: Prompt
+    settings: GenerationSettings
+    owner: object = None  # who receives the frames (the scheduler's job)
+    segment: int = 0
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    done: bool = False
+    cancelled: bool = False
+    recent: list = field(default_factory=list, repr=False)
+    started: float = 0.0
+
+    @property
+    def cap(self) -> int:
+        s = self.settings
+        return min(s.max_new_tokens, s.max_frames or s.max_new_tokens)
+
+    @property
+    def limit(self) -> int:
+        return self.cap if self.settings.max_frames else min(self.cap, frame_budget(self.prompt.text_tokens))
 
 
-def _compiled(model, name, settings, builder):
-    fn = model.compiled.get((name, settings))
-    if fn is None:
-        fn = model.compiled[(name, settings)] = builder()
-    return fn
+def _pad_axis(x: mx.array, axis: int, before: int, after: int) -> mx.array:
+    if before == 0 and after == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (before, after)
+    return mx.pad(x, widths)
 
 
-def _code0_picker(model, settings: GenerationSettings):
-    penalty, talker_sampler = settings.repetition_penalty, settings.talker
+def _fit(state: BatchState, write: int, to_write: int, capacity: int, text_cap: int) -> BatchState:
+    """Move a state's KV content so it ends at `to_write` within `capacity` slots (left-padding
+    grows by the shift) and pad its trailing text to `text_cap`."""
+    shift = to_write - write
+    old_cap = state.keys[0].shape[2]
 
-    def pick(logits, seen, bias, key):
-        logits = repetition_penalty(logits.astype(mx.float32), seen, penalty) + bias
-        code = sample(logits, talker_sampler, key)
-        return code, seen | (mx.arange(seen.shape[-1])[None] == code[:, None])
+    def move(x):
+        if shift >= 0:
+            return _pad_axis(x, 2, shift, max(capacity - old_cap - shift, 0))[:, :, :capacity]
+        return _pad_axis(x[:, :, -shift:], 2, 0, capacity - old_cap - shift)[:, :, :capacity]
 
-    return _compiled(model, "code0", (penalty, talker_sampler), lambda: mx.compile(pick))
+    return state._replace(keys=tuple(map(move, state.keys)), values=tuple(map(move, state.values)),
+                          write=mx.array([to_write], dtype=mx.int32), left_pad=state.left_pad + shift,
+                          trailing=_pad_axis(state.trailing, 1, 0, text_cap - state.trailing.shape[1]))
 
 
-def _frame_finisher(model, settings: SamplerSettings):
-    predictor = model.code_predictor
-    state = [predictor.state]
-    return _compiled(model, "predictor", settings, lambda: mx.compile(
-        lambda h, e, k: predictor.frame(h, e, k, settings), inputs=state))
+def _concat(a: BatchState, b: BatchState) -> BatchState:
+    def cat(x, y):
+        if isinstance(x, tuple):
+            return type(x)(*map(cat, x, y)) if hasattr(x, "_fields") else tuple(map(cat, x, y))
+        return mx.concatenate([x, y], axis=0)
+
+    fields = {name: (getattr(a, name) if name == "write" else cat(getattr(a, name), getattr(b, name)))
+              for name in BatchState._fields}
+    return BatchState(**fields)
+
+
+def _take(state: BatchState, index: mx.array) -> BatchState:
+    def take(x):
+        if isinstance(x, tuple):
+            return type(x)(*map(take, x)) if hasattr(x, "_fields") else tuple(map(take, x))
+        return x[index]
+
+    return BatchState(**{name: (state.write if name == "write" else take(getattr(state, name)))
+                         for name in BatchState._fields})
+
+
+def _seed_words(seed: int | None) -> list[int]:
+    seed = random.getrandbits(64) if seed is None else seed % (MAX_SEED + 1)
+    return [seed & 0xFFFFFFFF, seed >> 32]
+
+
+class Batch:
+    """Rows generating together with the model's one compiled frame step."""
+
+    def __init__(self, model):
+        self.model = model
+        self.step_fn = model.frame_step
+        self.consts = step_constants(model)
+        self.rows: list[Row] = []
+        self.state: BatchState | None = None
+        self.write = 0  # host copy of state.write
+        self.left_pads: list[int] = []  # host copy of state.left_pad
+        self.inflight: tuple[mx.array, list[Row]] | None = None  # frames of the queued step, its rows
+        self.host_syncs = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, row: Row):
+        """Prefill `row` on its own and join it to the batch (between two frames)."""
+        row.started = time.perf_counter()
+        state, length = self._prefill(row)
+        row.stats.prefill_s = time.perf_counter() - row.started
+        if self.state is None:
+            self.state, self.write, self.left_pads = state, length, [0]
+        else:
+            to_write = max(self.write, length)
+            capacity = capacity_for(to_write + 1, KV_BLOCK)
+            text_cap = max(self.state.trailing.shape[1], state.trailing.shape[1])
+            old = _fit(self.state, self.write, to_write, capacity, text_cap)
+            new = _fit(state, length, to_write, capacity, text_cap)
+            self.left_pads = [p + to_write - self.write for p in self.left_pads] + [to_write - length]
+            self.state, self.write = _concat(old, new), to_write
+        self.rows.append(row)
+
+    def _prefill(self, row: Row) -> tuple[BatchState, int]:
+        talker, prompt, s = self.model.talker, row.prompt, row.settings
+        dtype = talker.norm.weight.dtype
+        cache = talker.make_cache()
+        hidden = talker(prompt.embeds.astype(dtype), cache)[:, -1:]
+        length = prompt.embeds.shape[1]
+        talker_arrays, predictor_arrays = SamplerArrays.of([s.talker]), SamplerArrays.of([s.predictor])
+        seeds = mx.array([_seed_words(s.seed)], dtype=mx.uint32)
+        penalty = mx.array([s.repetition_penalty], dtype=mx.float32)
+        allow_eos = mx.array([not s.ignore_eos])
+        frames = mx.zeros((1,), dtype=mx.int32)
+        vocab = self.model.config.talker.vocab_size
+        code0, seen = pick_code0(talker.codec_head(hidden[:, 0]), self.consts, mx.zeros((1, vocab), mx.bool_),
+                                 frames, penalty, allow_eos, talker_arrays, seeds)
+        capacity = capacity_for(length + 1, KV_BLOCK)
+        keys = tuple(_pad_axis(c.keys[:, :, :length], 2, 0, capacity - length) for c in cache)
+        values = tuple(_pad_axis(c.values[:, :, :length], 2, 0, capacity - length) for c in cache)
+        trailing = prompt.trailing.astype(dtype)
+        text_cap = capacity_for(trailing.shape[1], TEXT_BLOCK)
+        state = BatchState(keys=keys, values=values, write=mx.array([length], dtype=mx.int32),
+                           left_pad=mx.zeros((1,), dtype=mx.int32), hidden=hidden, code0=code0, seen=seen,
+                           frames=frames, trailing=_pad_axis(trailing, 1, 0, text_cap - trailing.shape[1]),
+                           trailing_len=mx.array([trailing.shape[1]], dtype=mx.int32), seeds=seeds,
+                           talker=talker_arrays, predictor=predictor_arrays, penalty=penalty, allow_eos=allow_eos)
+        mx.async_eval(state)
+        return state, length
+
+    def _remove_finished(self):
+        keep = [i for i, row in enumerate(self.rows) if not (row.done or row.cancelled)]
+        if len(keep) == len(self.rows):
+            return
+        for row in self.rows:
+            if row.cancelled and not row.done:
+                self._finish(row, "cancelled")
+        self.rows = [self.rows[i] for i in keep]
+        self.left_pads = [self.left_pads[i] for i in keep]
+        if not keep:
+            self.state, self.inflight, self.left_pads = None, None, []
+            return
+        self.state = _take(self.state, mx.array(keep))
+
+    def _make_room(self):
+        """Before a step writes at `write`: shift out common padding or double the capacity."""
+        capacity = self.state.keys[0].shape[2]
+        if self.write < capacity:
+            return
+        shift = min(self.left_pads)
+        to_write = self.write - shift
+        new_cap = capacity if to_write < capacity else capacity_for(to_write + 1, KV_BLOCK)
+        self.state = _fit(self.state, self.write, to_write, new_cap, self.state.trailing.shape[1])
+        self.left_pads = [p - shift for p in self.left_pads]
+        self.write = to_write
+
+    def step(self) -> list[tuple[Row, np.ndarray]]:
+        """Advance every row one frame; return the frames (int32 [16]) that became known, with
+        their rows. Rows that ended are marked done and leave the batch."""
+        self._remove_finished()
+        previous, self.inflight = self.inflight, None
+        if self.state is not None:
+            self._make_room()
+            frames, self.state = self.step_fn(self.consts, self.state)
+            self.write += 1
+            mx.async_eval(frames, self.state)
+            self.inflight = (frames, list(self.rows))
+        if previous is None:
+            return []
+        codes = np.array(previous[0])  # the one host sync of this frame
+        self.host_syncs += 1
+        out = []
+        for row, frame in zip(previous[1], codes):
+            if row.done or row.cancelled:
+                continue
+            row.stats.host_syncs += 1
+            if self._advance(row, frame):
+                out.append((row, frame))
+        return out
+
+    def _advance(self, row: Row, frame: np.ndarray) -> bool:
+        """Apply the stop rules to a row's new frame; True if the frame is speech to keep."""
+        c0 = int(frame[0])
+        if c0 == self.model.config.ids.codec_eos:
+            self._finish(row, "eos")
+            return False
+        stats = row.stats
+        if stats.frames == 0:
+            stats.first_frame_s = time.perf_counter() - row.started
+        stats.frames += 1
+        row.recent.append(c0)
+        if len(row.recent) >= STUCK_WINDOW and len(set(row.recent[-STUCK_WINDOW:])) <= STUCK_MAX_DISTINCT:
+            self._runaway(row, "runaway_stuck", f"code 0 cycled through {len(set(row.recent[-STUCK_WINDOW:]))} "
+                          f"values for the last {STUCK_WINDOW} frames")
+        elif stats.frames >= row.limit:
+            if row.limit == row.cap:
+                self._finish(row, "max_frames")
+            else:
+                self._runaway(row, "runaway_budget", f"no end of speech after {row.limit} frames "
+                              f"({row.limit / FRAME_RATE:.0f} s) for {row.prompt.text_tokens} text tokens")
+        del row.recent[:-STUCK_WINDOW]
+        return True
+
+    def _finish(self, row: Row, reason: str):
+        row.done = True
+        row.stats.stop_reason = reason
+        row.stats.elapsed_s = time.perf_counter() - row.started
+
+    def _runaway(self, row: Row, reason: str, detail: str):
+        self._finish(row, reason)
+        row.stats.runaway = True
+        warnings.warn(f"generation ran away and was stopped: {detail}; the audio is likely broken at the end",
+                      RuntimeWarning, stacklevel=2)
 
 
 def generate_frames(model, prompt: Prompt, settings: GenerationSettings,
-                    stats: GenerationStats | None = None) -> Iterator[mx.array]:
-    """Yield frames of 16 codes (int32 [16]) as they are made."""
-    stats = stats if stats is not None else GenerationStats()
-    cfg = model.config
-    eos, groups = cfg.ids.codec_eos, cfg.num_code_groups - 1
-    talker, embed = model.talker, model.talker.codec_embedding
-    dtype = talker.norm.weight.dtype  # norms are never quantized
-    cap = min(settings.max_new_tokens, settings.max_frames or settings.max_new_tokens)
-    budget = frame_budget(prompt.text_tokens)
-    limit = cap if settings.max_frames else min(cap, budget)
-    pick, finish = _code0_picker(model, settings), _frame_finisher(model, settings.predictor)
-    always, early = code0_bias(cfg.talker.vocab_size, eos)
-    seed = settings.seed if settings.seed is not None else random.getrandbits(63)
-    key = mx.random.key(seed)
-    recent: list[int] = []
-
-    t0 = time.perf_counter()
-    cache = talker.make_cache()
-    hidden, logits = talker(prompt.embeds.astype(dtype), cache)
-    key, sub = mx.random.split(key)
-    code0, seen = pick(logits, mx.zeros((1, cfg.talker.vocab_size), dtype=mx.bool_), early, sub)
-    mx.async_eval(code0)
-    stats.prefill_s = time.perf_counter() - t0
-    trailing_len = prompt.trailing.shape[1]
-    for k in range(limit):
-        key, k_code0, k_frame = mx.random.split(key, 3)
-        code0_vec = embed(code0)[:, None]
-        rest, rest_sum, predictor_logits = finish(hidden, code0_vec, mx.random.split(k_frame, groups))
-        if stats.trace is not None:
-            stats.trace.append((logits, predictor_logits))
-        if k + 1 < limit:  # queue frame k+1's talker step before reading code 0 of frame k
-            text = prompt.trailing[:, k:k + 1] if k < trailing_len else prompt.tts_pad
-            hidden, logits = talker(code0_vec + rest_sum + text.astype(dtype), cache)
-            bias = early if (k + 1 < 2 or settings.ignore_eos) else always
-            next_code0, seen = pick(logits, seen, bias, k_code0)
-            mx.async_eval(next_code0, rest)
-        else:
-            mx.async_eval(rest)
-        c0 = code0.item()
-        stats.host_syncs += 1
-        if c0 == eos:
-            stats.stop_reason = "eos"
-            break
-        if stats.frames == 0:
-            stats.first_frame_s = time.perf_counter() - t0
-        stats.frames += 1
-        yield mx.concatenate([code0, rest[0]])
-        recent.append(c0)
-        if _stuck(recent):
-            _runaway(stats, "runaway_stuck", f"code 0 cycled through {len(set(recent[-STUCK_WINDOW:]))} "
-                     f"values for the last {STUCK_WINDOW} frames")
-            break
-        code0 = next_code0 if k + 1 < limit else None
-    else:
-        if limit == cap:
-            stats.stop_reason = "max_frames"
-        else:
-            _runaway(stats, "runaway_budget", f"no end of speech after {limit} frames "
-                     f"({limit / FRAME_RATE:.0f} s) for {prompt.text_tokens} text tokens")
-    stats.elapsed_s = time.perf_counter() - t0
-
-
-def _stuck(recent: list[int]) -> bool:
-    return len(recent) >= STUCK_WINDOW and len(set(recent[-STUCK_WINDOW:])) <= STUCK_MAX_DISTINCT
-
-
-def _runaway(stats: GenerationStats, reason: str, detail: str):
-    stats.stop_reason, stats.runaway = reason, True
-    warnings.warn(f"generation ran away and was stopped: {detail}; the audio is likely broken at the end",
-                  RuntimeWarning, stacklevel=3)
+                    stats: GenerationStats | None = None):
+    """Yield the frames (int32 [16] numpy) of one prompt as they are made: a batch of one row."""
+    row = Row(prompt, settings, stats=stats if stats is not None else GenerationStats())
+    batch = Batch(model)
+    batch.add(row)
+    while not row.done:
+        for _, frame in batch.step():
+            yield mx.array(frame)

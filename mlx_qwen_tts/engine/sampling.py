@@ -1,59 +1,108 @@
-"""Sampling with the official (Hugging Face 4.57.3) semantics, run on the device.
+"""Sampling with the official (Hugging Face 4.57.3) semantics, per batch row, on the device.
 
 Code group 0: repetition penalty over every code-0 id generated so far, EOS blocked until two
 frames exist, codec ids [vocab-1024, vocab) suppressed except EOS; then temperature, top-k,
 top-p. The code predictor uses only temperature / top-k / top-p. Greedy = argmax after the
-processors. All functions are pure (explicit PRNG keys) so they can live inside mx.compile.
+processors.
+
+Every setting is an array with one value per row, so one compiled frame step serves any mix of
+settings (mlx-lm's samplers take Python scalars, which a traced graph would bake in). Random
+draws are Gumbel-max over counter-based noise: a row's draw depends only on its own seed, the
+frame and the code group, never on which rows share the batch or when the row joined.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import mlx.core as mx
-from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
 
 @dataclass(frozen=True)
 class SamplerSettings:
+    """One sampler's settings as validated host values (talker or code predictor)."""
+
     do_sample: bool = True
     temperature: float = 0.9
     top_k: int = 50
     top_p: float = 1.0
 
     def __post_init__(self):
-        if self.do_sample and not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if self.do_sample and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0 (0 means greedy), got {self.temperature}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
 
 
-def warp_logits(logits: mx.array, s: SamplerSettings) -> mx.array:
-    """Temperature, then top-k, then top-p, as the official warpers; returns log-probabilities."""
-    if s.temperature != 1.0:
-        logits = logits / s.temperature
-    if 0 < s.top_k < logits.shape[-1]:
-        logits = apply_top_k(logits, s.top_k)
-    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    if s.top_p < 1.0:
-        logprobs = apply_top_p(logprobs, s.top_p)
-    return logprobs
+class SamplerArrays(NamedTuple):
+    """SamplerSettings of every row: greedy [B] bool, temperature [B], top_k [B] int32, top_p [B]."""
+
+    greedy: mx.array
+    temperature: mx.array
+    top_k: mx.array
+    top_p: mx.array
+
+    @classmethod
+    def of(cls, settings: list[SamplerSettings]) -> "SamplerArrays":
+        return cls(mx.array([not s.do_sample for s in settings]),
+                   mx.array([s.temperature if s.do_sample else 1.0 for s in settings], dtype=mx.float32),
+                   mx.array([s.top_k for s in settings], dtype=mx.int32),
+                   mx.array([s.top_p for s in settings], dtype=mx.float32))
 
 
-def sample(logits: mx.array, s: SamplerSettings, key: mx.array) -> mx.array:
-    """logits [B, V] -> token ids [B] (int32)."""
-    if not s.do_sample:
-        return mx.argmax(logits, axis=-1).astype(mx.int32)
-    return mx.random.categorical(warp_logits(logits, s), axis=-1, key=key).astype(mx.int32)
+def warp_logits(logits: mx.array, s: SamplerArrays) -> mx.array:
+    """Temperature, then top-k, then top-p, as the official warpers; returns log-probabilities [B, V].
+    One sort serves both filters (top-p as mlx-lm's apply_top_p, on the top-k survivors)."""
+    vocab = logits.shape[-1]
+    logits = logits / s.temperature[:, None]
+    ascending = mx.sort(logits, axis=-1)
+    # top-k keeps every score >= the k-th largest; k = 0 (off) or k >= V keeps all
+    kth = mx.where((s.top_k > 0) & (s.top_k < vocab), vocab - s.top_k, 0)
+    k_floor = mx.take_along_axis(ascending, kth[:, None], axis=-1)
+    kept = mx.where(ascending >= k_floor, ascending, -mx.inf)
+    probs = mx.exp(kept - mx.logsumexp(kept, axis=-1, keepdims=True))
+    mass_above = mx.cumsum(probs, axis=-1, reverse=True, inclusive=False)
+    dropped = (mass_above >= s.top_p[:, None] * (mass_above[:, :1] + probs[:, :1])).sum(axis=-1, keepdims=True)
+    dropped = mx.where(s.top_p[:, None] < 1.0, dropped, 0)  # rounding must not drop tails when off
+    floor = mx.maximum(k_floor, mx.take_along_axis(kept, dropped, axis=-1))
+    logits = mx.where(logits < floor, -mx.inf, logits)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
-def repetition_penalty(logits: mx.array, seen: mx.array, penalty: float) -> mx.array:
-    """Divide positive, multiply negative scores of every id already generated (seen [B, V])."""
-    if penalty == 1.0:
-        return logits
-    return mx.where(seen, mx.where(logits < 0, logits * penalty, logits / penalty), logits)
+def uniform_noise(seeds: mx.array, counter: mx.array, stream: int, vocab: int) -> mx.array:
+    """Uniform (0, 1) noise [B, vocab] from per-row seeds [B, 2] uint32, a per-row counter [B]
+    (the frame) and a stream id (the code group): a murmur3-style integer hash, so any row's
+    noise is reproducible on its own."""
+    def mix(x):
+        x = x ^ (x >> 16)
+        x = x * mx.array(0x85EBCA6B, mx.uint32)
+        x = x ^ (x >> 13)
+        x = x * mx.array(0xC2B2AE35, mx.uint32)
+        return x ^ (x >> 16)
+
+    golden = mx.array(0x9E3779B9, mx.uint32)
+    row = mix(seeds[:, 0] ^ mix(seeds[:, 1] + golden))
+    row = mix(row ^ mix(counter.astype(mx.uint32) * mx.array(64, mx.uint32) + mx.array(stream + 1, mx.uint32)))
+    bits = mix(row[:, None] ^ (mx.arange(vocab, dtype=mx.uint32)[None] * golden))
+    return ((bits >> 8).astype(mx.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def sample(logits: mx.array, s: SamplerArrays, noise: mx.array) -> mx.array:
+    """logits [B, V] (float32, processors applied) -> ids [B] int32: argmax for greedy rows,
+    a draw from the warped distribution (Gumbel-max over `noise`) for the others."""
+    drawn = mx.argmax(warp_logits(logits, s) - mx.log(-mx.log(noise)), axis=-1)
+    return mx.where(s.greedy, mx.argmax(logits, axis=-1), drawn).astype(mx.int32)
+
+
+def repetition_penalty(logits: mx.array, seen: mx.array, penalty: mx.array) -> mx.array:
+    """Divide positive, multiply negative scores of every id already generated (seen [B, V]);
+    penalty [B] (1.0 = off)."""
+    p = penalty[:, None]
+    return mx.where(seen, mx.where(logits < 0, logits * p, logits / p), logits)
 
 
 def code0_bias(vocab_size: int, eos_id: int) -> tuple[mx.array, mx.array]:

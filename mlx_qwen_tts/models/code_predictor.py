@@ -1,10 +1,9 @@
 """The code predictor ("sub-talker"): from the talker's hidden state and code 0 it predicts
 code groups 1..15 of a frame, one group per step, with a fresh 16-position cache per frame.
 
-The 15 steps are the dominant per-frame cost; `frame` is written so that the generation loop
-can trace it into one fixed-shape mx.compile graph per sampler setting: no host sync and no
-Python overhead inside a frame. It also returns the summed code-group embeddings that form the
-next talker input.
+The 15 steps are the dominant per-frame cost; the engine's frame step (engine/step.py) runs
+them inside its one compiled graph. The group embeddings summed over a frame form the next
+talker input.
 """
 
 from __future__ import annotations
@@ -12,10 +11,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import qwen3
-from mlx_lm.models.cache import KVCache
 
 from mlx_qwen_tts.config import ModelConfig
-from mlx_qwen_tts.engine.sampling import SamplerSettings, sample
 from mlx_qwen_tts.models.talker import block_args, run_blocks
 
 
@@ -40,18 +37,3 @@ class CodePredictor(nn.Module):
         """Logits for code group `group` (1-based) after feeding x [B, L, talker H]."""
         h = self.norm(run_blocks(self.layers, self._project(x), cache))
         return self.lm_head[group - 1](h[:, -1])
-
-    def frame(self, hidden: mx.array, code0_embed: mx.array, keys: mx.array, settings: SamplerSettings):
-        """hidden, code0_embed [B, 1, H]; keys [groups, 2] -> (codes [B, groups], embedding sum [B, 1, H],
-        logits [B, groups, vocab])."""
-        cache = [KVCache() for _ in self.layers]
-        x = mx.concatenate([hidden, code0_embed], axis=1)
-        codes, embed_sum, all_logits = [], None, []
-        for g in range(1, len(self.lm_head) + 1):
-            logits = self.step_logits(x, cache, g).astype(mx.float32)  # sample in float32 under bf16 weights
-            code = sample(logits, settings, keys[g - 1])
-            x = self.codec_embedding[g - 1](code)[:, None]
-            embed_sum = x if embed_sum is None else embed_sum + x
-            codes.append(code)
-            all_logits.append(logits)
-        return mx.stack(codes, axis=1), embed_sum, mx.stack(all_logits, axis=1)

@@ -24,9 +24,11 @@ def block_args(cfg: TransformerConfig) -> qwen3.ModelArgs:
                            tie_word_embeddings=False, rope_theta=cfg.rope_theta)
 
 
-def run_blocks(layers, x: mx.array, caches) -> mx.array:
-    """Causal pass of mlx-lm Qwen3 blocks; single-token steps need no mask."""
-    mask = "causal" if x.shape[1] > 1 else None
+def run_blocks(layers, x: mx.array, caches, mask=None) -> mx.array:
+    """Causal pass of mlx-lm Qwen3 blocks; single-token steps need no mask unless the caches
+    hold padded rows (then `mask` is given)."""
+    if mask is None and x.shape[1] > 1:
+        mask = "causal"
     for layer, cache in zip(layers, caches):
         x = layer(x, mask, cache)
     return x
@@ -63,7 +65,7 @@ class Talker(nn.Module):
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.layers]
 
-    def __call__(self, embeds: mx.array, cache: list[KVCache]) -> tuple[mx.array, mx.array]:
-        """embeds [B, L, H] -> (last hidden state [B, 1, H], codec logits [B, vocab]) ."""
-        h = self.norm(run_blocks(self.layers, embeds, cache))[:, -1:]
-        return h, self.codec_head(h[:, 0])
+    def __call__(self, embeds: mx.array, cache, mask=None) -> mx.array:
+        """embeds [B, L, H] -> final hidden states [B, L, H] (every position; `codec_head` of a
+        position's state gives the logits of the next frame's code 0)."""
+        return self.norm(run_blocks(self.layers, embeds, cache, mask))

@@ -1,0 +1,342 @@
+"""Continuous batching: requests become rows of one running batch, and their frames become audio.
+
+A request's text segments are rows of the batch (so a chapter takes about as long as its longest
+sentences); its audio is decoded in segment order by its own streaming codec state, so the
+concatenated chunks equal one causal decode of all its codes. `Scheduler` is single-threaded
+(`synthesize`, `stream` and `synthesize_batch` drive it directly); `Engine` owns one in a
+background thread that does all MLX work, for long-lived use (the server).
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import time
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_qwen_tts.engine.generate import Batch, Row
+from mlx_qwen_tts.engine.prompt import build_prompt
+from mlx_qwen_tts.engine.request import Request, resolve_clone
+
+_END = object()
+
+
+@dataclass
+class SynthesisStats:
+    frames: int = 0
+    segments: int = 0
+    audio_s: float = 0.0
+    elapsed_s: float = 0.0
+    first_audio_s: float | None = None  # time to first audio chunk, from submission
+    frames_before_first_audio: int = 0
+    prefill_s: float = 0.0
+    host_syncs: int = 0
+    peak_memory_gb: float = 0.0
+    stop_reasons: list = field(default_factory=list)  # per segment, in order
+    runaway: bool = False
+    events: list | None = field(default=None, repr=False)  # ("frame" | "chunk", count) in order, if asked
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: synthesis time / audio duration (below 1 is faster than real time)."""
+        return self.elapsed_s / self.audio_s if self.audio_s else float("inf")
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.elapsed_s if self.elapsed_s else 0.0
+
+
+class Synthesis:
+    """A submitted request: iterate it for float32 audio chunks as they are made."""
+
+    def __init__(self, request: Request, stats: SynthesisStats | None = None, codes_out: list | None = None):
+        self.request = request
+        self.stats = stats if stats is not None else SynthesisStats()
+        self.codes_out = codes_out  # receives every frame (int32 [16]) in order, if given
+        self.chunks: queue.SimpleQueue = queue.SimpleQueue()
+        self.cancelled = False
+        self.finished = False
+        self.error: BaseException | None = None
+        self.submitted = time.perf_counter()
+
+    def cancel(self):
+        """Stop generating; the rows are freed before the next frame."""
+        self.cancelled = True
+
+    def ready(self) -> tuple[list[np.ndarray], bool]:
+        """The chunks made so far (without waiting) and whether the synthesis has ended."""
+        chunks = []
+        while True:
+            try:
+                item = self.chunks.get_nowait()
+            except queue.Empty:
+                return chunks, False
+            if item is _END:
+                return chunks, True
+            chunks.append(item)
+
+    def __iter__(self):
+        while True:
+            item = self.chunks.get()
+            if item is _END:
+                break
+            yield item
+        if self.error is not None:
+            raise self.error
+
+
+@dataclass(eq=False)
+class _Job:
+    """A request's progress inside the scheduler."""
+
+    synthesis: Synthesis
+    order: int
+    clone: object = None
+    codec_state: object = None
+    next_segment: int = 0  # next segment to get a row
+    out_segment: int = 0  # segment whose frames are being decoded
+    rows: dict = field(default_factory=dict)  # segment -> Row
+    frames: dict = field(default_factory=dict)  # segment -> frames not yet decoded
+    pending: list = field(default_factory=list)  # frames of out_segment waiting for a chunk
+
+    @property
+    def request(self) -> Request:
+        return self.synthesis.request
+
+
+class Scheduler:
+    """Admits rows up to `max_batch`, steps the batch, decodes and delivers audio."""
+
+    def __init__(self, model, max_batch: int = 8):
+        if model.codec is None:
+            raise ValueError("this model was loaded without its codec; load it with codec=True")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.model, self.max_batch = model, max_batch
+        self.batch = Batch(model)
+        self.jobs: list[_Job] = []
+        self._order = itertools.count()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.jobs)
+
+    @property
+    def waiting(self) -> int:
+        """Requests that have no row in the batch yet."""
+        return sum(1 for job in self.jobs if job.next_segment == 0)
+
+    def submit(self, synthesis: Synthesis):
+        self.jobs.append(_Job(synthesis, next(self._order)))
+
+    def run_once(self):
+        """One frame for every row: admissions, the step, stop rules, audio out."""
+        self._drop_cancelled()
+        self._admit()
+        for row, frame in self.batch.step():
+            row.owner.frames[row.segment].append(frame)
+        for job in list(self.jobs):
+            try:
+                self._deliver(job)
+            except Exception as e:  # a failure ends that request only
+                self._fail(job, e)
+
+    def _drop_cancelled(self):
+        for job in list(self.jobs):
+            if job.synthesis.cancelled:
+                for row in job.rows.values():
+                    row.cancelled = True
+                self._close(job)
+
+    def _admit(self):
+        """Free rows go to pending segments: earlier segments first, then older requests, so a
+        new request's first sentence is not stuck behind a long text's later ones."""
+        free = self.max_batch - sum(1 for row in self.batch.rows if not (row.done or row.cancelled))
+        while free > 0:
+            candidates = [job for job in self.jobs if job.next_segment < len(job.request.segments)]
+            if not candidates:
+                return
+            job = min(candidates, key=lambda j: (j.next_segment, j.order))
+            try:
+                self._start_segment(job)
+            except Exception as e:  # bad reference audio, a broken voice file: this request only
+                self._fail(job, e)
+                continue
+            free -= 1
+
+    def _start_segment(self, job: _Job):
+        request, index = job.request, job.next_segment
+        if index == 0:
+            job.clone = resolve_clone(self.model, request)
+            job.codec_state = self.model.codec.make_state()
+            if job.clone is not None and job.clone.ref_codes is not None:
+                # In-context cloning decodes reference + generated codes and drops the reference's audio.
+                _, job.codec_state = self.model.codec(job.clone.ref_codes[None], job.codec_state)
+        prompt = build_prompt(self.model, request.segments[index], voice=request.voice, language=request.language,
+                              instruct=request.instruct, non_streaming_text=request.non_streaming_text,
+                              clone=job.clone)
+        row = Row(prompt, request.segment_settings(index), owner=job, segment=index)
+        job.next_segment += 1
+        job.rows[index], job.frames[index] = row, []
+        self.batch.add(row)
+        job.synthesis.stats.prefill_s += row.stats.prefill_s
+
+    def _deliver(self, job: _Job):
+        """Move finished and current-segment frames into chunks, in segment order."""
+        synthesis, request = job.synthesis, job.request
+        while job.out_segment in job.rows:
+            segment = job.out_segment
+            row = job.rows[segment]
+            for frame in job.frames[segment]:
+                job.pending.append(frame)
+                if synthesis.stats.events is not None:
+                    synthesis.stats.events.append(("frame", synthesis.stats.frames + len(job.pending)))
+                if synthesis.codes_out is not None:
+                    synthesis.codes_out.append(frame)
+                size = request.first_chunk_frames if synthesis.stats.first_audio_s is None else request.chunk_frames
+                if len(job.pending) >= size:
+                    self._decode(job)
+            job.frames[segment] = []
+            if not row.done:
+                return
+            self._segment_done(job, row)
+            job.out_segment += 1
+        if job.out_segment == len(request.segments):
+            if job.pending:
+                self._decode(job)
+            self._close(job)
+
+    def _segment_done(self, job: _Job, row: Row):
+        stats = job.synthesis.stats
+        stats.segments += 1
+        stats.host_syncs += row.stats.host_syncs
+        stats.stop_reasons.append(row.stats.stop_reason)
+        stats.runaway |= row.stats.runaway
+        del job.rows[row.segment], job.frames[row.segment]
+
+    def _decode(self, job: _Job):
+        stats = job.synthesis.stats
+        wav, job.codec_state = self.model.codec(mx.array(np.stack(job.pending))[None], job.codec_state)
+        audio = np.array(wav[0], dtype=np.float32)
+        if stats.first_audio_s is None:
+            stats.first_audio_s = time.perf_counter() - job.synthesis.submitted
+            stats.frames_before_first_audio = stats.frames + len(job.pending)
+        stats.frames += len(job.pending)
+        stats.audio_s += len(audio) / self.model.sample_rate
+        if stats.events is not None:
+            stats.events.append(("chunk", len(job.pending)))
+        job.pending = []
+        job.synthesis.chunks.put(audio)
+
+    def fail_all(self, error: BaseException | None):
+        """End every request (with `error`, or as cancelled) and start from an empty batch."""
+        for job in list(self.jobs):
+            job.synthesis.cancelled = error is None
+            self._fail(job, error)
+        self.batch = Batch(self.model)
+
+    def _fail(self, job: _Job, error: BaseException | None):
+        for row in job.rows.values():
+            row.cancelled = True
+        job.synthesis.error = error
+        self._close(job)
+
+    def _close(self, job: _Job):
+        if job in self.jobs:
+            self.jobs.remove(job)
+        synthesis = job.synthesis
+        synthesis.stats.elapsed_s = time.perf_counter() - synthesis.submitted
+        synthesis.stats.peak_memory_gb = mx.get_peak_memory() / 1e9
+        synthesis.finished = True
+        synthesis.chunks.put(_END)
+
+
+class QueueFull(RuntimeError):
+    """The engine's waiting queue is full; try again later."""
+
+
+class Engine:
+    """Continuous batching in a background thread that owns all MLX work.
+
+    `submit` (thread-safe) validates a request and returns a `Synthesis` at once; its rows join
+    the running batch at the next frame. `cancel()` frees them within one frame.
+    """
+
+    def __init__(self, model, max_batch: int = 8, max_queue: int | None = None):
+        import threading
+
+        self.model, self.max_queue = model, max_queue
+        self._scheduler = Scheduler(model, max_batch)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._waiting = 0  # submitted, no row yet (inbox + scheduler)
+        self._active_rows = 0
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mlx-qwen-tts-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def active_rows(self) -> int:
+        return self._active_rows
+
+    @property
+    def queued(self) -> int:
+        return self._waiting
+
+    def submit(self, text: str, **kwargs) -> Synthesis:
+        from mlx_qwen_tts.engine.request import make_request
+
+        if self._closed.is_set():
+            raise RuntimeError("the engine is closed")
+        stats = kwargs.pop("stats", None)
+        request = make_request(self.model.config, text, **kwargs)
+        with self._lock:
+            if self.max_queue is not None and self._waiting >= self.max_queue:
+                raise QueueFull(f"{self._waiting} requests are already waiting")
+            self._waiting += 1
+        synthesis = Synthesis(request, stats)
+        self._inbox.put(synthesis)
+        return synthesis
+
+    def close(self, timeout: float | None = None):
+        """Stop: every unfinished request is cancelled; waits for the thread."""
+        self._closed.set()
+        self._inbox.put(None)
+        self._thread.join(timeout)
+
+    def _run(self):
+        scheduler = self._scheduler
+        while not self._closed.is_set():
+            self._take_new(block=not scheduler.busy)  # idle: sleep until a request arrives
+            if scheduler.busy and not self._closed.is_set():
+                try:
+                    scheduler.run_once()
+                except Exception as e:  # a fault of the whole batch: end its requests, keep serving
+                    scheduler.fail_all(e)
+            with self._lock:
+                self._waiting = scheduler.waiting + self._inbox.qsize()
+            self._active_rows = len(scheduler.batch)
+        scheduler.fail_all(None)
+        while True:  # requests that arrived while closing
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item.cancelled = item.finished = True
+                item.chunks.put(_END)
+
+    def _take_new(self, block: bool):
+        try:
+            item = self._inbox.get(block=block)
+        except queue.Empty:
+            return
+        while item is not None:
+            self._scheduler.submit(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
