@@ -9,6 +9,7 @@ background thread that does all MLX work, for long-lived use (the server).
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import queue
 import time
@@ -275,11 +276,14 @@ class Engine:
         self._waiting = 0  # submitted, no row yet (inbox + scheduler)
         self._active_rows = 0
         self._closed = threading.Event()
+        self._device = mx.default_device()
         self._thread = threading.Thread(target=self._run, name="mlx-qwen-tts-engine", daemon=True)
         self._thread.start()
+        atexit.register(self.close)  # a live MLX thread at interpreter exit aborts the process
 
     @property
     def active_rows(self) -> int:
+        """Rows generating now (as of the last frame)."""
         return self._active_rows
 
     @property
@@ -303,11 +307,26 @@ class Engine:
 
     def close(self, timeout: float | None = None):
         """Stop: every unfinished request is cancelled; waits for the thread."""
+        atexit.unregister(self.close)
         self._closed.set()
         self._inbox.put(None)
         self._thread.join(timeout)
 
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def _run(self):
+        # MLX streams belong to a thread: this one gets its own on the model's device.
+        with mx.stream(mx.new_stream(self._device)):
+            self._serve()
+            self._scheduler.batch = None
+            mx.synchronize()
+        mx.clear_streams()  # a thread's streams left to process exit make MLX abort
+
+    def _serve(self):
         scheduler = self._scheduler
         while not self._closed.is_set():
             self._take_new(block=not scheduler.busy)  # idle: sleep until a request arrives
@@ -318,8 +337,10 @@ class Engine:
                     scheduler.fail_all(e)
             with self._lock:
                 self._waiting = scheduler.waiting + self._inbox.qsize()
-            self._active_rows = len(scheduler.batch)
-        scheduler.fail_all(None)
+            self._active_rows = sum(1 for row in scheduler.batch.rows if not (row.done or row.cancelled))
+        for job in list(scheduler.jobs):
+            job.synthesis.cancelled = True
+            scheduler._fail(job, None)
         while True:  # requests that arrived while closing
             try:
                 item = self._inbox.get_nowait()

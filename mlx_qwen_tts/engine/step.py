@@ -60,7 +60,9 @@ def step_constants(model) -> StepConstants:
     ids, talker = model.config.ids, model.talker
     always, early = code0_bias(model.config.talker.vocab_size, ids.codec_eos)
     tts_pad = talker.embed_text(mx.array([[ids.tts_pad]])).astype(talker.norm.weight.dtype)
-    return StepConstants(tts_pad, always, early)
+    consts = StepConstants(tts_pad, always, early)
+    mx.eval(consts)  # a lazy array belongs to its thread's stream; the engine's thread must read it
+    return consts
 
 
 class _BufferCache:
