@@ -4,7 +4,10 @@ The public API is imported lazily so that `import mlx_qwen_tts` stays fast and w
 PortAudio (sounddevice) is missing.
 """
 
+from mlx_qwen_tts._mlx_lm import defer_package_init
+
 __version__ = "0.1.0"
+defer_package_init()  # mlx-lm's package init would import transformers (seconds) for nothing
 
 _LAZY = {
     "load": "mlx_qwen_tts.hub",

@@ -24,9 +24,11 @@ def config(tokenizer_dir):
     return parse_speech_tokenizer_config(cfg, str(tokenizer_dir / "config.json")).decoder
 
 
-@pytest.fixture(scope="module")
-def decoder(tokenizer_dir, config):
-    return load_codec_decoder(tokenizer_dir, config)
+@pytest.fixture(scope="module", params=[False, True], ids=["matmul-conv", "native-conv"])
+def decoder(tokenizer_dir, config, request):
+    """Both convolution paths: matmuls (the CPU default) and mx.conv1d (the GPU default), so
+    nothing a Mac executes is first executed by a user."""
+    return load_codec_decoder(tokenizer_dir, config, native_conv=request.param)
 
 
 @pytest.fixture(scope="module")

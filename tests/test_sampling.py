@@ -10,8 +10,8 @@ import pytest
 from mlx_qwen_tts.engine.generate import (STUCK_WINDOW, GenerationSettings, GenerationStats, frame_budget,
                                           generate_frames)
 from mlx_qwen_tts.engine.prompt import build_prompt
-from mlx_qwen_tts.engine.sampling import (SamplerArrays, SamplerSettings, code0_bias, repetition_penalty, sample,
-                                          uniform_noise, warp_logits)
+from mlx_qwen_tts.engine.sampling import (FULL_VOCAB, GREEDY, SamplerArrays, SamplerSettings, code0_bias,
+                                          repetition_penalty, sample, sampling_plan, warp_logits)
 from mlx_qwen_tts.loading import load_model
 
 
@@ -71,28 +71,46 @@ def test_sample_respects_top_k_and_greedy():
     logits = mx.array(np.random.default_rng(0).normal(size=(1, 300)).astype(np.float32))
     top5 = set(np.argsort(-np.array(logits[0]))[:5].tolist())
     seeds = mx.array([[1, 0]], dtype=mx.uint32)
-    sampler = SamplerArrays.of([SamplerSettings(temperature=2.0, top_k=5)])
-    drawn = {int(sample(logits, sampler, uniform_noise(seeds, mx.array([k]), 0, 300))[0]) for k in range(200)}
-    assert drawn <= top5 and len(drawn) > 1
-    greedy = SamplerArrays.of([SamplerSettings(do_sample=False)])
-    assert int(sample(logits, greedy, uniform_noise(seeds, mx.array([0]), 0, 300))[0]) == int(np.argmax(np.array(logits)))
+    top_k5 = [SamplerSettings(temperature=2.0, top_k=5)]
+    for plan in (FULL_VOCAB, sampling_plan(top_k5)):
+        drawn = {int(sample(logits, SamplerArrays.of(top_k5), seeds, mx.array([k]), 0, plan)[0]) for k in range(200)}
+        assert drawn <= top5 and len(drawn) > 1
+    greedy = [SamplerSettings(do_sample=False)]
+    assert sampling_plan(greedy) == GREEDY
+    for plan in (GREEDY, FULL_VOCAB):
+        assert int(sample(logits, SamplerArrays.of(greedy), seeds, mx.array([0]), 0, plan)[0]) == \
+            int(np.argmax(np.array(logits)))
+
+
+SETTINGS = [SamplerSettings(do_sample=False), SamplerSettings(temperature=0.7, top_k=3),
+            SamplerSettings(temperature=1.3, top_k=50, top_p=0.5), SamplerSettings(temperature=1.0, top_k=40)]
 
 
 def test_rows_with_different_settings_sample_as_if_alone():
-    """One batch mixing greedy, top-k and top-p rows: each row's draw equals its draw alone."""
+    """One batch mixing greedy, top-k and top-p rows: each row's draw equals its draw alone,
+    whichever plan the batch or the row alone gets."""
     rng = np.random.default_rng(3)
     logits = mx.array(rng.normal(size=(4, 500)).astype(np.float32) * 3)
-    settings = [SamplerSettings(do_sample=False), SamplerSettings(temperature=0.7, top_k=3),
-                SamplerSettings(temperature=1.3, top_k=0, top_p=0.5), SamplerSettings(temperature=1.0, top_k=40)]
     seeds = mx.array([[11, 1], [12, 2], [13, 3], [14, 4]], dtype=mx.uint32)
     for frame in range(20):
         counter = mx.full((4,), frame, dtype=mx.int32)
-        together = sample(logits, SamplerArrays.of(settings), uniform_noise(seeds, counter, 0, 500))
-        for i, s in enumerate(settings):
-            alone = sample(logits[i:i + 1], SamplerArrays.of([s]), uniform_noise(seeds[i:i + 1], counter[i:i + 1], 0, 500))
+        together = sample(logits, SamplerArrays.of(SETTINGS), seeds, counter, 0, sampling_plan(SETTINGS))
+        full = sample(logits, SamplerArrays.of(SETTINGS), seeds, counter, 0, FULL_VOCAB)
+        np.testing.assert_array_equal(np.array(together), np.array(full))
+        for i, s in enumerate(SETTINGS):
+            alone = sample(logits[i:i + 1], SamplerArrays.of([s]), seeds[i:i + 1], counter[i:i + 1], 0,
+                           sampling_plan([s]))
             assert int(together[i]) == int(alone[0])
         assert int(together[0]) == int(np.argmax(np.array(logits[0])))
         assert int(together[1]) in set(np.argsort(-np.array(logits[1]))[:3].tolist())
+
+
+def test_sampling_plans():
+    assert sampling_plan([SamplerSettings(top_k=50)]) == 64
+    assert sampling_plan([SamplerSettings(top_k=50), SamplerSettings(top_k=100)]) == 256
+    assert sampling_plan([SamplerSettings(top_k=50), SamplerSettings(top_k=0)]) == FULL_VOCAB
+    assert sampling_plan([SamplerSettings(top_k=5000)]) == FULL_VOCAB
+    assert sampling_plan([SamplerSettings(do_sample=False, top_k=0), SamplerSettings(top_k=8)]) == 64
 
 
 def test_gumbel_noise_draws_the_warped_distribution():
@@ -101,8 +119,7 @@ def test_gumbel_noise_draws_the_warped_distribution():
     probs = np.exp(np.array(logits[0])) / np.exp(np.array(logits[0])).sum()
     sampler = SamplerArrays.of([SamplerSettings(temperature=1.0, top_k=0)] * 4000)
     seeds = mx.array([[7, 0]] * 4000, dtype=mx.uint32)
-    drawn = np.array(sample(mx.repeat(logits, 4000, axis=0), sampler,
-                            uniform_noise(seeds, mx.arange(4000), 0, 5)))
+    drawn = np.array(sample(mx.repeat(logits, 4000, axis=0), sampler, seeds, mx.arange(4000), 0, FULL_VOCAB))
     counts = np.bincount(drawn, minlength=5)
     chi2 = ((counts - 4000 * probs) ** 2 / (4000 * probs)).sum()
     assert chi2 < 20  # 4 degrees of freedom: p < 0.001

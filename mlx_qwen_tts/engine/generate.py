@@ -19,7 +19,7 @@ import numpy as np
 
 from mlx_qwen_tts.engine.prompt import Prompt
 from mlx_qwen_tts.engine.request import MAX_SEED, GenerationSettings
-from mlx_qwen_tts.engine.sampling import SamplerArrays
+from mlx_qwen_tts.engine.sampling import SamplerArrays, sampling_plan
 from mlx_qwen_tts.engine.step import (KV_BLOCK, TEXT_BLOCK, BatchState, capacity_for, pick_code0,
                                       step_constants)
 
@@ -166,7 +166,7 @@ class Batch:
         frames = mx.zeros((1,), dtype=mx.int32)
         vocab = self.model.config.talker.vocab_size
         code0, seen = pick_code0(talker.codec_head(hidden[:, 0]), self.consts, mx.zeros((1, vocab), mx.bool_),
-                                 frames, penalty, allow_eos, talker_arrays, seeds)
+                                 frames, penalty, allow_eos, talker_arrays, seeds, sampling_plan([s.talker]))
         capacity = capacity_for(length + 1, KV_BLOCK)
         keys = tuple(_pad_axis(c.keys[:, :, :length], 2, 0, capacity - length) for c in cache)
         values = tuple(_pad_axis(c.values[:, :, :length], 2, 0, capacity - length) for c in cache)
@@ -213,7 +213,9 @@ class Batch:
         previous, self.inflight = self.inflight, None
         if self.state is not None:
             self._make_room()
-            frames, self.state = self.step_fn(self.consts, self.state)
+            plans = (sampling_plan([r.settings.talker for r in self.rows]),
+                     sampling_plan([r.settings.predictor for r in self.rows]))
+            frames, self.state = self.step_fn(self.consts, self.state, plans)
             self.write += 1
             mx.async_eval(frames, self.state)
             self.inflight = (frames, list(self.rows))

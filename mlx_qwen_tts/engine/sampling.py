@@ -73,10 +73,10 @@ def warp_logits(logits: mx.array, s: SamplerArrays) -> mx.array:
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
-def uniform_noise(seeds: mx.array, counter: mx.array, stream: int, vocab: int) -> mx.array:
-    """Uniform (0, 1) noise [B, vocab] from per-row seeds [B, 2] uint32, a per-row counter [B]
-    (the frame) and a stream id (the code group): a murmur3-style integer hash, so any row's
-    noise is reproducible on its own."""
+def uniform_noise(seeds: mx.array, counter: mx.array, stream: int, ids: mx.array) -> mx.array:
+    """Uniform (0, 1) noise for token `ids` ([B, N] or [1, N] uint32) from per-row seeds [B, 2]
+    uint32, a per-row counter [B] (the frame) and a stream id (the code group): a murmur3-style
+    integer hash, so a row's noise for a token is the same whatever else is computed."""
     def mix(x):
         x = x ^ (x >> 16)
         x = x * mx.array(0x85EBCA6B, mx.uint32)
@@ -87,15 +87,48 @@ def uniform_noise(seeds: mx.array, counter: mx.array, stream: int, vocab: int) -
     golden = mx.array(0x9E3779B9, mx.uint32)
     row = mix(seeds[:, 0] ^ mix(seeds[:, 1] + golden))
     row = mix(row ^ mix(counter.astype(mx.uint32) * mx.array(64, mx.uint32) + mx.array(stream + 1, mx.uint32)))
-    bits = mix(row[:, None] ^ (mx.arange(vocab, dtype=mx.uint32)[None] * golden))
+    bits = mix(row[:, None] ^ (ids.astype(mx.uint32) * golden))
     return ((bits >> 8).astype(mx.float32) + 0.5) * (1.0 / (1 << 24))
 
 
-def sample(logits: mx.array, s: SamplerArrays, noise: mx.array) -> mx.array:
-    """logits [B, V] (float32, processors applied) -> ids [B] int32: argmax for greedy rows,
-    a draw from the warped distribution (Gumbel-max over `noise`) for the others."""
-    drawn = mx.argmax(warp_logits(logits, s) - mx.log(-mx.log(noise)), axis=-1)
-    return mx.where(s.greedy, mx.argmax(logits, axis=-1), drawn).astype(mx.int32)
+GREEDY, FULL_VOCAB = -1, 0  # sampling plans besides a candidate count
+
+
+def sampling_plan(settings: list[SamplerSettings]) -> int:
+    """How a batch's draws are computed, fixed when the step is traced: GREEDY (no row samples),
+    FULL_VOCAB (some row samples without a top-k), or K candidates: every sampling row has
+    top_k <= K, so only the K best tokens can be drawn (K a power of two, few traced variants)."""
+    sampled = [s for s in settings if s.do_sample]
+    if not sampled:
+        return GREEDY
+    if any(s.top_k == 0 for s in sampled):
+        return FULL_VOCAB
+    k = max(s.top_k for s in sampled)
+    candidates = 64
+    while candidates < k:
+        candidates *= 4
+    return candidates if candidates <= 1024 else FULL_VOCAB
+
+
+def sample(logits: mx.array, s: SamplerArrays, seeds: mx.array, counter: mx.array, stream: int,
+           plan: int) -> mx.array:
+    """logits [B, V] (float32, processors applied) -> ids [B] int32: argmax for greedy rows, a
+    draw from the warped distribution (Gumbel-max over per-token noise) for the others. The
+    plan changes the work, never the draw (the noise is keyed by token id)."""
+    greedy = mx.argmax(logits, axis=-1).astype(mx.int32)
+    if plan == GREEDY:
+        return greedy
+    vocab = logits.shape[-1]
+    if plan == FULL_VOCAB or plan >= vocab:
+        ids = mx.arange(vocab, dtype=mx.int32)[None]
+        scores = logits
+    else:
+        ids = mx.argpartition(-logits, plan - 1, axis=-1)[:, :plan].astype(mx.int32)
+        scores = mx.take_along_axis(logits, ids, axis=-1)
+    gumbel = -mx.log(-mx.log(uniform_noise(seeds, counter, stream, ids)))
+    pick = mx.argmax(warp_logits(scores, s) + gumbel, axis=-1)
+    drawn = mx.take_along_axis(mx.broadcast_to(ids, scores.shape), pick[:, None], axis=-1)[:, 0]
+    return mx.where(s.greedy, greedy, drawn)
 
 
 def repetition_penalty(logits: mx.array, seen: mx.array, penalty: mx.array) -> mx.array:

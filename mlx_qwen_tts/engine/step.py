@@ -17,7 +17,7 @@ from typing import NamedTuple
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
-from mlx_qwen_tts.engine.sampling import SamplerArrays, code0_bias, repetition_penalty, sample, uniform_noise
+from mlx_qwen_tts.engine.sampling import SamplerArrays, code0_bias, repetition_penalty, sample
 
 KV_BLOCK = 256  # KV capacities are KV_BLOCK * 2**n positions: few shapes, few traced graphs
 TEXT_BLOCK = 32  # the same for the per-row trailing text
@@ -77,12 +77,13 @@ class _BufferCache:
         return self.keys, self.values
 
 
-def pick_code0(logits: mx.array, consts: StepConstants, seen, frames, penalty, allow_eos, sampler, seeds):
+def pick_code0(logits: mx.array, consts: StepConstants, seen, frames, penalty, allow_eos, sampler, seeds,
+               plan: int):
     """Code 0 of frame `frames` per row from talker logits [B, V], with the official processors."""
     allow = allow_eos & (frames >= 2)
     bias = mx.where(allow[:, None], consts.always, consts.early)
     logits = repetition_penalty(logits.astype(mx.float32), seen, penalty) + bias
-    code = sample(logits, sampler, uniform_noise(seeds, frames, 0, logits.shape[-1]))
+    code = sample(logits, sampler, seeds, frames, 0, plan)
     return code, seen | (mx.arange(seen.shape[-1])[None] == code[:, None])
 
 
@@ -94,10 +95,11 @@ class FrameStep:
         self.traces = 0
         self._compiled = mx.compile(self._step, inputs=[model.talker.state, model.code_predictor.state])
 
-    def __call__(self, consts: StepConstants, state: BatchState) -> tuple[mx.array, BatchState]:
-        return self._compiled(consts, state)
+    def __call__(self, consts: StepConstants, state: BatchState, plans: tuple[int, int]):
+        """plans: the talker's and the code predictor's sampling plans (sampling.sampling_plan)."""
+        return self._compiled(consts, state, plans)
 
-    def _step(self, consts: StepConstants, s: BatchState):
+    def _step(self, consts: StepConstants, s: BatchState, plans: tuple[int, int]):
         self.traces += 1  # runs only while tracing
         talker, predictor = self.model.talker, self.model.code_predictor
         dtype = talker.norm.weight.dtype
@@ -109,7 +111,7 @@ class FrameStep:
         codes, embed_sum = [s.code0], 0
         for g in range(1, len(predictor.lm_head) + 1):
             logits = predictor.step_logits(x, cache, g).astype(mx.float32)  # sample in float32 under bf16
-            code = sample(logits, s.predictor, uniform_noise(s.seeds, s.frames, g, logits.shape[-1]))
+            code = sample(logits, s.predictor, s.seeds, s.frames, g, plans[1])
             x = predictor.codec_embedding[g - 1](code)[:, None]
             embed_sum = embed_sum + x
             codes.append(code)
@@ -125,7 +127,7 @@ class FrameStep:
         hidden = talker((code0_vec + embed_sum + text).astype(dtype), caches, mask)
         frames = s.frames + 1
         code0, seen = pick_code0(talker.codec_head(hidden[:, 0]), consts, s.seen, frames, s.penalty,
-                                 s.allow_eos, s.talker, s.seeds)
+                                 s.allow_eos, s.talker, s.seeds, plans[0])
         state = s._replace(keys=tuple(c.keys for c in caches), values=tuple(c.values for c in caches),
                            write=s.write + 1, hidden=hidden, code0=code0, seen=seen, frames=frames)
         return mx.stack(codes, axis=1), state

@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_qwen_tts.models.codec_layers import (CausalConv1d, CausalConvTranspose1d, ConvNeXtBlock, DecoderBlock,
-                                       SnakeBeta, WindowedTransformer)
+                                       SnakeBeta, WindowedTransformer, native_conv_default)
 from mlx_qwen_tts.config import CodecDecoderConfig
 
 
@@ -64,7 +64,9 @@ class SplitRVQ(nn.Module):
 class CodecDecoder(nn.Module):
     """`decoder(codes [B, T, groups], state=None) -> (wav [B, T*samples_per_frame], new_state)`."""
 
-    def __init__(self, config: CodecDecoderConfig):
+    def __init__(self, config: CodecDecoderConfig, native_conv: bool | None = None):
+        """native_conv: mx.conv1d (the GPU path) or matmul convolutions (faster on the CPU);
+        None chooses by the default device. Both give the same samples."""
         super().__init__()
         c = config
         self.config = config
@@ -78,6 +80,10 @@ class CodecDecoder(nn.Module):
         self.decoder = [CausalConv1d(c.latent_dim, dims[0], 7),
                         *(DecoderBlock(dims[i], dims[i + 1], r) for i, r in enumerate(c.upsample_rates)),
                         SnakeBeta(dims[-1]), CausalConv1d(dims[-1], 1, 7)]
+        native = native_conv_default() if native_conv is None else native_conv
+        for layer in self.modules():
+            if isinstance(layer, CausalConv1d):
+                layer.native = native
 
     def make_state(self, batch: int = 1) -> CodecState:
         """The state before the first frame (zeros, as the official causal padding)."""
@@ -218,7 +224,8 @@ def _stack_codebooks(rvq: str, layers: dict) -> mx.array:
     return mx.stack(books)
 
 
-def load_codec_decoder(folder_or_file: str | Path, config: CodecDecoderConfig) -> CodecDecoder:
+def load_codec_decoder(folder_or_file: str | Path, config: CodecDecoderConfig,
+                       native_conv: bool | None = None) -> CodecDecoder:
     """Build a CodecDecoder from an official `speech_tokenizer/model.safetensors` (or the model
     folder, or its speech_tokenizer folder). Missing or unexpected parameters raise ValueError."""
     path = Path(folder_or_file)
@@ -227,7 +234,7 @@ def load_codec_decoder(folder_or_file: str | Path, config: CodecDecoderConfig) -
         path = nested if nested.is_file() else path / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: expected the speech tokenizer's model.safetensors")
-    decoder = CodecDecoder(config)
+    decoder = CodecDecoder(config, native_conv)
     try:
         decoder.load_weights(list(convert_decoder_weights(mx.load(str(path))).items()), strict=True)
     except ValueError as e:

@@ -15,9 +15,14 @@ import mlx.core as mx
 import mlx.nn as nn
 
 
-def conv1d(x: mx.array, weight: mx.array, dilation: int = 1, groups: int = 1) -> mx.array:
+def native_conv_default() -> bool:
+    """mx.conv1d everywhere but on the CPU, where the matmul form below is much faster."""
+    return mx.default_device() != mx.cpu
+
+
+def conv1d(x: mx.array, weight: mx.array, dilation: int = 1, groups: int = 1, native: bool = True) -> mx.array:
     """Valid (unpadded) conv1d with stride 1; weight [out, kernel, in / groups]."""
-    if groups > 1 or mx.default_device() != mx.cpu:
+    if groups > 1 or native:
         return mx.conv1d(x, weight, dilation=dilation, groups=groups)
     # MLX's CPU conv1d is ~100x slower with dilation and ~10x with one output channel, so use
     # matmuls. They need contiguous operands: copy the smaller of the unfolded input (short
@@ -42,6 +47,7 @@ class CausalConv1d(nn.Module):
         self.bias = mx.zeros((out_dim,))
         self.in_dim, self.dilation, self.groups = in_dim, dilation, groups
         self.context = (kernel - 1) * dilation
+        self.native = native_conv_default()  # CodecDecoder(native_conv=...) decides for every layer
 
     def make_state(self, batch: int):
         return mx.zeros((batch, self.context, self.in_dim)) if self.context else None
@@ -50,7 +56,7 @@ class CausalConv1d(nn.Module):
         if self.context:
             x = mx.concatenate([tail, x], axis=1)
             tail = x[:, x.shape[1] - self.context :]
-        return conv1d(x, self.weight, self.dilation, self.groups) + self.bias, tail
+        return conv1d(x, self.weight, self.dilation, self.groups, self.native) + self.bias, tail
 
 
 class CausalConvTranspose1d(nn.Module):

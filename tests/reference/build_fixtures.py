@@ -134,6 +134,25 @@ def greedy_case(wrapper, input_id, instruct_id, speaker, language, non_streaming
     return out
 
 
+def build_official_batches(wrapper, variant, dumps):
+    """The official batch call (list inputs): all cases of a variant that share a text mode in
+    one greedy generate(); batch_<mode>.npz holds each row's codes under its case name."""
+    for non_streaming in (True, False):
+        rows = [c for c in CASES[variant] if c[5] == non_streaming]
+        if len(rows) < 2:
+            continue
+        input_ids = [tokenize(wrapper, wrapper._build_assistant_text(text)) for _, text, *_ in rows]
+        instruct_ids = [tokenize(wrapper, wrapper._build_instruct_text(c[4])) if c[4] else None for c in rows]
+        codes, _ = wrapper.model.generate(
+            input_ids=input_ids, instruct_ids=instruct_ids, languages=[c[3] for c in rows],
+            speakers=[c[2] for c in rows], non_streaming_mode=non_streaming, max_new_tokens=MAX_NEW_TOKENS,
+            do_sample=False, subtalker_dosample=False, repetition_penalty=1.05)
+        mode = "nonstream" if non_streaming else "stream"
+        np.savez(os.path.join(dumps, f"batch_{mode}.npz"),
+                 **{c[0]: codes[i].numpy().astype(np.int64) for i, c in enumerate(rows)})
+        print(f"  {variant}/batch_{mode}: {len(rows)} rows", flush=True)
+
+
 def tokenize(wrapper, text):
     return wrapper.processor(text=text, return_tensors="pt", padding=True)["input_ids"]
 
@@ -158,6 +177,8 @@ def build_variant(root, variant, seed, speech_tokenizer):
             out = greedy_case(wrapper, input_id, instruct_id, speaker, language, non_streaming)
             cases.append((name, out, dict(text=text, speaker=speaker, language=language, instruct=instruct,
                                           non_streaming=non_streaming)))
+    if variant != "base_0b6":
+        build_official_batches(wrapper, variant, dumps)
     for name, out, args in cases:
         np.savez(os.path.join(dumps, f"{name}.npz"), **out)
         eos = len(out["talker_logits"]) == len(out["codes"]) + 1 and len(out["codes"]) < MAX_NEW_TOKENS - 1
