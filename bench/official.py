@@ -129,6 +129,20 @@ class Session:
         return dict(frame_s=per_frame(stamps[1:]), talker_s=timers.talker[1:],
                     predictor_s=list(timers.predictor))
 
+    def batch(self, batch_size, frames, seed):
+        """The official batch call (list inputs): `batch_size` copies of the prompt, `frames`
+        frames each; steady-state seconds per batched frame (after the prefill) and peak RSS."""
+        timers = self.timers
+        timers.reset()
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            self.model.generate(input_ids=[torch.tensor([self.ids], device=self.device)] * batch_size,
+                                languages=[LANGUAGE] * batch_size, speakers=[VOICE] * batch_size,
+                                non_streaming_mode=True, max_new_tokens=frames + 1, eos_token_id=NEVER_EOS)
+        stamps = timers.stamps
+        assert len(stamps) == frames + 1, f"{len(stamps)} talker calls for {frames} frames"
+        return dict(frame_s=per_frame(stamps[1:]), peak_rss_gb=peak_rss_gb())
+
     def prefill(self, texts, reps):
         """Prefill seconds for each text: prompt assembly and the talker's prefill forward (the
         generate call is stopped right after it)."""

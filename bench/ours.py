@@ -2,12 +2,13 @@
 
     python bench/ours.py   (a worker started by bench/run.py: JSON commands on stdin, see common.serve)
 
-Measures the loop's per-frame time, host syncs and Python (host) time per frame, prefill, a
-stage split, memory and the weight bytes read per frame; the time to
+Measures the loop's per-frame time, host syncs and Python (host) time per frame, prefill, the
+synced step time, memory and the weight bytes read per frame; the time to
 first audio of `stream()`; a profile of one frame (bench/profile_frame.py); and the memory
 bandwidth (bench/roofline.py).
 """
 
+import dataclasses
 import math
 import os
 import platform
@@ -18,13 +19,13 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from common import LANGUAGE, TEXTS, VOICE, host_info, peak_rss_gb, per_frame, serve
-from profile_frame import LoopStart, graph_sizes, host_split
+from profile_frame import graph_sizes, host_split, one_row_batch, plans
 from roofline import measure_bandwidth
 from shapes import FIXTURE, config_dicts
-from mlx_qwen_tts.api import SynthesisStats, stream
+from mlx_qwen_tts.api import SynthesisStats, stream, synthesize
 from mlx_qwen_tts.models.code_predictor import CodePredictor
 from mlx_qwen_tts.config import parse_model_config
-from mlx_qwen_tts.engine.generate import GenerationSettings, GenerationStats, generate_frames
+from mlx_qwen_tts.engine.generate import Batch, GenerationSettings, GenerationStats, Row, generate_frames
 from mlx_qwen_tts.loading import Model, default_dtype, load_model
 from mlx_qwen_tts.engine.prompt import build_prompt
 from mlx_qwen_tts.quantize import should_quantize
@@ -152,35 +153,26 @@ def time_prefill(model, prompt_text) -> float:
     """Prompt embedding and the talker's prefill pass to code-0 logits, evaluated."""
     t0 = time.perf_counter()
     prompt = build_prompt(model, prompt_text, voice=VOICE, language=LANGUAGE)
-    _, logits = model.talker(prompt.embeds.astype(model.talker.norm.weight.dtype), model.talker.make_cache())
-    mx.eval(logits)
+    hidden = model.talker(prompt.embeds.astype(model.talker.norm.weight.dtype), model.talker.make_cache())
+    mx.eval(model.talker.codec_head(hidden[:, -1]))
     return time.perf_counter() - t0
 
 
-def time_stages(model, prompt_text, steps, seed) -> tuple[list, list]:
-    """The loop's two stages with a sync after each: the compiled code-predictor frame (15 group
-    steps and sampling) and the talker step with code-0 sampling. Same graphs as the loop. The
-    cache is prefilled with the prompt's first position only: a few dozen cached positions more
-    change nothing measurable, and an 8-bit prefill on the CPU takes tens of seconds."""
-    cfg, talker = model.config, model.talker
-    s = LoopStart(model, prompt_text, seed, prefill_positions=1)
-    dtype, pick, finish, bias, prompt, cache = s.dtype, s.pick, s.finish, s.bias, s.prompt, s.cache
-    hidden, key, code0, seen = s.hidden, s.key, s.code0, s.seen
-    mx.eval(code0, hidden)
-    talker_s, predictor_s = [], []
+def time_steps(model, prompt_text, steps, seed) -> list:
+    """The public frame step alone (one row), synced after every call: its compute time without
+    the loop's overlap of host and device work. The row is prefilled with the prompt's first
+    position only (an 8-bit CPU prefill of a long prompt takes tens of seconds; a few dozen cached
+    positions change nothing measurable)."""
+    batch = one_row_batch(model, prompt_text, seed, prefill_positions=1)
+    state, plan = batch.state, plans(batch)
+    mx.eval(state)
+    out = []
     for _ in range(steps):
-        key, k_code0, k_frame = mx.random.split(key, 3)
         t0 = time.perf_counter()
-        code0_vec = talker.codec_embedding(code0)[:, None]
-        _, rest_sum, _ = finish(hidden, code0_vec, mx.random.split(k_frame, cfg.num_code_groups - 1))
-        mx.eval(rest_sum)
-        t1 = time.perf_counter()
-        hidden, logits = talker(code0_vec + rest_sum + prompt.tts_pad.astype(dtype), cache)
-        code0, seen = pick(logits, seen, bias, k_code0)
-        mx.eval(code0, hidden, seen)
-        predictor_s.append(t1 - t0)
-        talker_s.append(time.perf_counter() - t1)
-    return talker_s, predictor_s
+        frames, state = model.frame_step(batch.consts, state, plan)
+        mx.eval(frames, state)
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 class Session:
@@ -193,13 +185,32 @@ class Session:
         self.model = build(shape, precision)
         build_s = time.perf_counter() - t0
         weights_gb = mx.get_active_memory() / 1e9
-        time_stages(self.model, self.text, 2, seed)  # warm-up: compiles the loop's graphs (g++ JIT on CPU)
+        time_steps(self.model, self.text, 2, seed)  # warm-up: compiles the step (g++ JIT on CPU)
         mx.reset_peak_memory()
         return dict(build_s=build_s, weights_gb=weights_gb,
                     prompt_tokens=len(self.model.tokenizer.encode(self.text)))
 
     def rep(self, frames, seed):
         return run_loop(self.model, self.text, frames, seed)
+
+    def batch(self, batch_size, frames, seed):
+        """`batch_size` rows (distinct seeds) in one running batch, stepped with the public
+        `Batch.step` for `frames` frames; steady-state seconds per batched frame (the first two
+        steps, which may trace the step for this batch size, are excluded) and MLX peak memory."""
+        batch = Batch(self.model)
+        settings = GenerationSettings.from_config(self.model.config.generation, ignore_eos=True,
+                                                  max_frames=frames + 2)
+        prompt = build_prompt(self.model, self.text, voice=VOICE, language=LANGUAGE)
+        for i in range(batch_size):
+            batch.add(Row(prompt, dataclasses.replace(settings, seed=seed * 1000 + i)))
+        mx.reset_peak_memory()
+        batch.step(), batch.step()
+        stamps, syncs = [], batch.host_syncs
+        while batch.rows and not batch.rows[0].done:
+            if batch.step():
+                stamps.append(time.perf_counter())
+        return dict(frame_s=per_frame(stamps), frames=len(stamps), peak_mlx_gb=mx.get_peak_memory() / 1e9,
+                    syncs_per_frame=(batch.host_syncs - syncs) / len(stamps), traces=self.model.frame_step.traces)
 
     def prefill(self, texts, reps):
         """Prefill seconds for each text."""
@@ -211,8 +222,7 @@ class Session:
                     graphs=graph_sizes(self.model, self.text, seed))
 
     def finish(self, stage_steps, seed):
-        talker_s, predictor_s = time_stages(self.model, self.text, stage_steps, seed)
-        return dict(talker_s=talker_s, predictor_s=predictor_s, peak_mlx_gb=mx.get_peak_memory() / 1e9,
+        return dict(step_s=time_steps(self.model, self.text, stage_steps, seed), peak_mlx_gb=mx.get_peak_memory() / 1e9,
                     peak_rss_gb=peak_rss_gb(), frame_bytes=frame_weight_bytes(self.model), env=env_info(self.threads))
 
     def stream(self, shape, precision, threads, text, reps, max_frames):
@@ -230,6 +240,62 @@ class Session:
             chunks.close()
         return dict(runs=runs[1:], prefill_s=[time_prefill(model, TEXTS[text]) for _ in range(reps)],
                     env=env_info(threads))
+
+    def long_text(self, shape, precision, threads, text, max_frames, max_batch):
+        """`synthesize` of a long text: its sentence segments as rows of one batch (max_batch) vs
+        one segment after another (max_batch=1), codec decode included; seconds and segments."""
+        model = build(shape, precision, codec=True)
+        synthesize(model, "Warm up.", voice=VOICE, seed=0, max_frames=2, ignore_eos=True)
+        out = {}
+        for label, batch in (("batched", max_batch), ("sequential", 1)):
+            t0 = time.perf_counter()
+            result = synthesize(model, text, voice=VOICE, language=LANGUAGE, seed=1, max_frames=max_frames,
+                                ignore_eos=True, max_batch=batch)
+            out[label] = dict(seconds=time.perf_counter() - t0, segments=result.stats.segments,
+                              frames=result.stats.frames, audio_s=result.stats.audio_s)
+        return dict(**out, env=env_info(threads))
+
+    def arrivals(self, shape, precision, threads, concurrency, requests, max_frames, seed):
+        """Continuous batching: `requests` streaming requests arriving at Poisson times sized for
+        about `concurrency` in flight, into one Engine(max_batch=8); per request the time to
+        first audio (from its arrival) and overall audio seconds per wall second."""
+        import random
+        import threading
+
+        from mlx_qwen_tts import Engine
+
+        model = build(shape, precision, codec=True)
+        synthesize(model, "Warm up.", voice=VOICE, seed=0, max_frames=max_frames, ignore_eos=True)
+        t0 = time.perf_counter()
+        synthesize(model, TEXTS["short"], voice=VOICE, seed=0, max_frames=max_frames, ignore_eos=True)
+        service_s = time.perf_counter() - t0  # one request alone
+        rng = random.Random(seed)
+        gaps = [rng.expovariate(concurrency / service_s) for _ in range(requests)]
+        results = [None] * requests
+        engine = Engine(model, max_batch=8)
+
+        def client(i, at):
+            time.sleep(max(0.0, at - (time.perf_counter() - start)))
+            arrived = time.perf_counter()
+            synthesis = engine.submit(TEXTS["short"], voice=VOICE, language=LANGUAGE, seed=i, max_frames=max_frames,
+                                      ignore_eos=True)
+            first, audio = None, 0
+            for chunk in synthesis:
+                first = first or time.perf_counter() - arrived
+                audio += len(chunk)
+            results[i] = dict(first_audio_s=first, audio_s=audio / model.sample_rate,
+                              elapsed_s=time.perf_counter() - arrived)
+
+        start, at, threads_ = time.perf_counter(), 0.0, []
+        for i, gap in enumerate(gaps):
+            at += gap
+            threads_.append(threading.Thread(target=client, args=(i, at)))
+            threads_[-1].start()
+        for t in threads_:
+            t.join()
+        wall = time.perf_counter() - start
+        engine.close()
+        return dict(service_s=service_s, wall_s=wall, requests=results, env=env_info(threads))
 
     def bandwidth(self, threads):
         return dict(**measure_bandwidth(), env=env_info(threads))

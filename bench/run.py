@@ -168,7 +168,8 @@ def _generate_record(side, shape, precision, frames, reps, threads, interleaved,
                   ms_per_frame_reps=[r["frame_s"] * 1e3 for r in reps_out],
                   prefill_ms=_ms_spread(prefill[TEXT]),
                   prefill_by_text_ms={t: _ms_spread(v) for t, v in prefill.items()},
-                  talker_ms=flat("talker_s"), predictor_ms=flat("predictor_s"),
+                  **(dict(step_ms=flat("step_s")) if side == "ours" else
+                     dict(talker_ms=flat("talker_s"), predictor_ms=flat("predictor_s"))),
                   peak_rss_gb=done["peak_rss_gb"], build_s=build["build_s"], env=done["env"])
     if side == "ours":
         record.update(python_ms_per_frame=ms("python_s"), syncs_per_frame=max(r["syncs"] for r in reps_out),
