@@ -1,0 +1,165 @@
+"""`speak`: text to the speakers or to a file, through `mlx_qwen_tts.api.stream`."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from mlx_qwen_tts.cli.common import Command, model_size, one_line, select_device, user_errors, warnings_to_stderr
+from mlx_qwen_tts.hub import DEFAULT_MODEL
+
+# Playback chunks: small for a quick first sound, and all the same size, because the player
+# sizes its pre-buffer by the wait for a chunk like the last one.
+PLAY_CHUNK_FRAMES = 3
+
+
+def read_text(text: str | None, text_file: Path | None) -> str:
+    if text is not None and text_file is not None:
+        raise click.ClickException("give the text either as an argument or with --file, not both")
+    if text_file is not None:
+        try:
+            text = text_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.ClickException(f"cannot read --file {text_file}: {one_line(e)}") from None
+    elif text == "-":
+        text = sys.stdin.read()
+    elif text is None:
+        raise click.ClickException("nothing to say: give TEXT, '-' to read standard input, or --file PATH")
+    if not text.strip():
+        raise click.ClickException("text is empty: nothing to say")
+    return text
+
+
+@click.command(cls=Command)
+@click.argument("text", required=False)
+@click.option("-f", "--file", "text_file", type=click.Path(path_type=Path), help="Read the text from a file.")
+@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
+              help="Model folder (converted or Hugging Face), or a Hugging Face id (downloaded and "
+                   "converted once).")
+@click.option("--voice", help="Speaker of a CustomVoice model (see `voices`); default: its first one.")
+@click.option("-l", "--language", default="auto", show_default=True, help="Language of the text.")
+@click.option("-i", "--instruct", help="Style or emotion, e.g. 'cheerful, fast'; describes the voice "
+                                       "for VoiceDesign models.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Save to a .wav, .flac or .ogg file.")
+@click.option("--ref-audio", type=click.Path(path_type=Path),
+              help="Base models: a 1-30 s recording of the voice to clone.")
+@click.option("--ref-text", help="Base models: what --ref-audio says (in-context cloning; without it only the "
+                                 "speaker embedding is used).")
+@click.option("--voice-file", type=click.Path(path_type=Path),
+              help="Base models: a voice saved with `voice create` (no re-encoding).")
+@click.option("--play/--no-play", default=None, help="Play through the speakers [default: unless --out].")
+@click.option("--seed", type=int, help="Seed the sampling for a reproducible result.")
+@click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature [model default].")
+@click.option("--top-k", type=click.IntRange(min=0), help="Top-k sampling [model default].")
+@click.option("--top-p", type=click.FloatRange(0, 1), help="Top-p sampling [model default].")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), help="Cap the audio of each text segment (up to ~250 characters) at this many seconds.")
+@click.option("--device", type=click.Choice(["gpu", "cpu"]), help="Where MLX runs [default: gpu if available].")
+@click.option("--verbose", is_flag=True, help="Print timings: first audio, RTF, frames/s, peak memory.")
+def speak(text, text_file, model, voice, language, instruct, ref_audio, ref_text, voice_file, out, play,
+          seed, temperature, top_k, top_p, max_seconds, device, verbose):
+    """Say TEXT ('-' reads standard input) through the speakers, or save it with --out.
+
+    Playback starts after the first few frames while the rest is still being generated.
+    """
+    with user_errors(), warnings_to_stderr():
+        _speak(read_text(text, text_file), model=model, voice=voice, language=language, instruct=instruct,
+               out=out, play=out is None if play is None else play, device=device, verbose=verbose,
+               max_seconds=max_seconds, clone=dict(ref_audio=ref_audio, ref_text=ref_text, voice_file=voice_file),
+               sampling=dict(seed=seed, temperature=temperature, top_k=top_k, top_p=top_p))
+
+
+def check_clone_options(cfg, ref_audio, ref_text, voice_file):
+    cloning = ref_audio is not None or voice_file is not None
+    if cfg.model_type != "base":
+        if cloning or ref_text is not None:
+            raise click.ClickException(f"voice cloning needs a Base model; this one is {cfg.model_type}")
+        return
+    if ref_text is not None and ref_audio is None:
+        raise click.ClickException("--ref-text goes with --ref-audio")
+    if not cloning:
+        raise click.ClickException("this Base model clones a voice: pass --ref-audio FILE [--ref-text TEXT] "
+                                   "or --voice-file FILE")
+    if ref_audio is not None and voice_file is not None:
+        raise click.ClickException("give either --ref-audio or --voice-file, not both")
+    if ref_audio is not None and ref_text is None:
+        click.echo("note: no --ref-text, so only the speaker embedding is used (x-vector mode); give the "
+                   "reference's transcript for a closer clone", err=True)
+
+
+def _speak(text, *, model, voice, language, instruct, out, play, device, verbose, max_seconds, clone, sampling):
+    from mlx_qwen_tts import audio
+    from mlx_qwen_tts.config import config_summary, load_model_config
+    from mlx_qwen_tts.hub import resolve_model
+    from mlx_qwen_tts.engine.prompt import resolve_language, resolve_voice
+
+    if not play and out is None:
+        raise click.ClickException("nothing to do: --no-play needs --out FILE")
+    if out is not None:
+        audio.check_writable(out)
+    device = select_device(device)
+    folder = resolve_model(model)
+    cfg = load_model_config(folder)
+    voice, language = resolve_voice(cfg, voice), resolve_language(cfg, language)  # fail before loading
+    check_clone_options(cfg, **clone)
+    if instruct and not config_summary(cfg)["instruct"]:
+        click.echo(f"warning: this {cfg.model_type} {model_size(cfg)} model ignores --instruct", err=True)
+        instruct = None
+    if play:
+        audio.check_output_device()
+
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_qwen_tts.api import SynthesisStats, stream
+    from mlx_qwen_tts.engine.generate import FRAME_RATE
+    from mlx_qwen_tts.loading import load_model
+
+    t0 = time.perf_counter()
+    tts = load_model(folder, dtype=mx.float32 if device == "cpu" else None)  # bf16 is slow on CPUs
+    load_s = time.perf_counter() - t0
+    max_frames = None if max_seconds is None else math.ceil(max_seconds * FRAME_RATE)
+    stats = SynthesisStats()
+    chunk = dict(first_chunk_frames=PLAY_CHUNK_FRAMES, chunk_frames=PLAY_CHUNK_FRAMES) if play else {}
+    chunks, player = [], None
+    with contextlib.closing(stream(tts, text, voice=voice, language=language, instruct=instruct,
+                                   max_frames=max_frames, stats=stats, **clone, **chunk, **sampling)) as pieces:
+        if play:
+            with audio.Player(tts.sample_rate) as player:
+                for piece in pieces:
+                    player.play(piece)
+                    if out is not None:
+                        chunks.append(piece)
+        else:
+            chunks = list(pieces)
+    if verbose:
+        _report(folder, cfg, tts, device, load_s, voice, language, stats, player)
+    if out is not None:
+        if not chunks:
+            raise click.ClickException("the model produced no audio for this text")
+        samples = np.concatenate(chunks)
+        audio.write_audio(out, samples, tts.sample_rate)
+        click.echo(f"Saved {out} ({len(samples) / tts.sample_rate:.2f} s)", err=True)
+
+
+def _report(folder, cfg, tts, device, load_s, voice, language, stats, player):
+    bits = f"{tts.quantization['bits']}-bit" if tts.quantization else "unquantized"
+    lines = [
+        f"model: {folder} ({cfg.model_type} {model_size(cfg)}, {bits}), loaded in {load_s:.2f} s on {device}",
+        f"voice: {voice or '-'}, language: {language}",
+        f"frames: {stats.frames} ({stats.audio_s:.2f} s of audio), segments: {stats.segments}, "
+        f"stop: {', '.join(stats.stop_reasons) or '-'}",
+        f"time to first audio: {stats.first_audio_s or 0:.3f} s (after {stats.frames_before_first_audio} "
+        f"frames; prefill {stats.prefill_s:.3f} s)",
+        f"RTF: {stats.rtf:.3f} (synthesis time / audio time), {stats.frames_per_s:.1f} frames/s",
+        f"peak memory: {stats.peak_memory_gb:.2f} GB",
+    ]
+    if player is not None:
+        started = "-" if player.start_latency_s is None else f"{player.start_latency_s:.3f} s"
+        lines.append(f"playback: started after {started}, {player.samples_played / tts.sample_rate:.2f} s "
+                     f"played, {player.underruns} underrun(s)")
+    click.echo("\n".join(lines), err=True)
