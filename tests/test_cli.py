@@ -249,6 +249,18 @@ def test_convert_command(model_dir, mlx_model, tmp_path):
     assert_one_line_error(run("convert", tmp_path / "nope", "-o", tmp_path / "n"), "does not exist")
 
 
+def test_convert_force_never_deletes_what_it_did_not_make(model_dir, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(model_dir("customvoice_0b6"), src)
+    files = sorted(p.name for p in src.rglob("*"))
+    assert_one_line_error(run("convert", src, "-o", src, "--force"), "is the source")
+    assert_one_line_error(run("convert", src, "-o", src / "mlx", "--force"), "lies inside the source")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"meow")
+    assert_one_line_error(run("convert", src, "-o", tmp_path / "photos", "--force"), "not an mlx-qwen-tts conversion")
+    assert sorted(p.name for p in src.rglob("*")) == files and (tmp_path / "photos" / "cat.jpg").exists()
+
+
 # -- the Hub cache ----------------------------------------------------------------------------------
 
 REPO = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
