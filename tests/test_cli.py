@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import huggingface_hub
 import mlx.core as mx
@@ -304,3 +306,59 @@ def test_offline_without_a_cached_copy_says_how_to_use_a_local_folder(tmp_path):
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert proc.stderr.count("\n") == 1 and "offline" in proc.stderr and "--model DIR" in proc.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "x.wav").exists()
+
+
+# -- SIGTERM (systemd, docker stop, timeout) cleans up like Ctrl-C ----------------------------------
+
+# Runs the CLI in a subprocess whose conversion writes one tensor per shard and then stalls, so the
+# test can signal it while the partial folder holds data.
+STALLED_CLI = """
+import sys, time
+import huggingface_hub
+import mlx_qwen_tts_convert.convert as conv
+conv.SHARD_BYTES = 1
+add = conv.ShardWriter.add
+def stalling_add(self, name, array):
+    add(self, name, array)
+    time.sleep(600)
+conv.ShardWriter.add = stalling_add
+huggingface_hub.snapshot_download = lambda repo_id, **kwargs: sys.argv[1]
+from mlx_qwen_tts.cli import main
+main(sys.argv[2:], prog_name="mlx-qwen-tts")
+"""
+
+
+def _signal_once_partial_has_data(args, partial_glob, where, sig, env=None):
+    proc = subprocess.Popen([sys.executable, "-c", STALLED_CLI, *map(str, args)], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    try:
+        deadline = time.monotonic() + 120
+        while not list(where.glob(partial_glob + "/model-*.safetensors")):
+            assert proc.poll() is None, "the command ended before it was signalled"
+            assert time.monotonic() < deadline, "no partial folder appeared"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_signal_during_convert_removes_the_partial_folder(model_dir, tmp_path, sig):
+    out = tmp_path / "out"
+    code, stderr = _signal_once_partial_has_data([model_dir("customvoice_0b6"), "convert",
+                                                  model_dir("customvoice_0b6"), "-o", out],
+                                                 ".out.partial-*", tmp_path, sig)
+    assert code == 128 + sig and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"Interrupted ({signal.Signals(sig).name})."
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_first_use_conversion_leaves_the_cache_clean(model_dir, tmp_path):
+    cache = tmp_path / "cache"
+    code, stderr = _signal_once_partial_has_data(
+        [model_dir("customvoice_0b6"), "speak", "Hello.", "--model", REPO, "--out", tmp_path / "x.wav"],
+        ".*.partial-*", cache, signal.SIGTERM, env={"MLX_QWEN_TTS_CACHE": str(cache)})
+    assert code == 128 + signal.SIGTERM and "Traceback" not in stderr
+    assert list(cache.iterdir()) == [] and not (tmp_path / "x.wav").exists()
