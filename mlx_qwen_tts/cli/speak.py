@@ -51,7 +51,7 @@ def read_text(text: str | None, text_file: Path | None) -> str:
 @click.option("--ref-text", help="Base models: what --ref-audio says (in-context cloning; without it only the "
                                  "speaker embedding is used).")
 @click.option("--voice-file", type=click.Path(path_type=Path),
-              help="Base models: a voice saved with `voice create` (no re-encoding).")
+              help="Base models: a voice saved with `voices create` (no re-encoding).")
 @click.option("--play/--no-play", default=None, help="Play through the speakers [default: unless --out].")
 @click.option("--seed", type=int, help="Seed the sampling for a reproducible result.")
 @click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature [model default].")

@@ -1,4 +1,4 @@
-"""The model and voice commands: `voices`, `voice create`, `convert` and `check-quant`."""
+"""The model and voice commands: `voices` (and `voices create`), `convert` and `check-quant`."""
 
 from __future__ import annotations
 
@@ -7,15 +7,21 @@ from pathlib import Path
 
 import click
 
-from mlx_qwen_tts.cli.common import Command, Group, model_size, select_device, user_errors
+from mlx_qwen_tts.cli.common import Command, Group, cpu_dtype, model_size, select_device, user_errors
 from mlx_qwen_tts.hub import DEFAULT_MODEL
 
 
-@click.command(cls=Command)
+@click.group(cls=Group, invoke_without_command=True)
 @click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
               help="Model folder or Hugging Face id (only its configuration is read).")
-def voices(model):
-    """List a model's speakers, languages and capabilities."""
+@click.pass_context
+def voices(ctx, model):
+    """List a model's speakers, languages and capabilities; `voices create` saves a cloned voice."""
+    if ctx.invoked_subcommand is None:
+        list_voices(model)
+
+
+def list_voices(model):
     from mlx_qwen_tts.config import config_summary, load_model_config
     from mlx_qwen_tts.hub import resolve_config
 
@@ -114,12 +120,7 @@ def check_quant(quantized, reference, frames, as_json):
         sys.exit(1)
 
 
-@click.group(cls=Group)
-def voice():
-    """Saved voices for Base (voice-clone) models."""
-
-
-@voice.command("create")
+@click.command("create", cls=Command)
 @click.option("--ref-audio", required=True, type=click.Path(path_type=Path), help="A 1-30 s recording.")
 @click.option("--ref-text", help="Its transcript (enables in-context cloning).")
 @click.option("-m", "--model", required=True, help="The Base model the voice is for (folder or Hub id).")
@@ -131,16 +132,30 @@ def voice_create(ref_audio, ref_text, model, out, device):
         from mlx_qwen_tts.config import load_model_config
         from mlx_qwen_tts.hub import resolve_model
         from mlx_qwen_tts.loading import load_model
-        from mlx_qwen_tts.voice import make_voice_clone, save_voice
+        from mlx_qwen_tts.voice import SAMPLE_RATE, check_voice_path, load_reference_audio, make_voice_clone, save_voice
 
+        check_voice_path(out)  # the output and the recording are checked before any model work
+        if ref_text is not None and not ref_text.strip():
+            raise click.ClickException("--ref-text is empty; give the recording's transcript, or leave it out")
+        wave = load_reference_audio(str(ref_audio))
         device = select_device(device)
         folder = resolve_model(model)
         if load_model_config(folder).model_type != "base":
             raise click.ClickException("voices can only be made for Base models")
-        import mlx.core as mx
-
-        tts = load_model(folder, dtype=mx.float32 if device == "cpu" else None, codec=False)
-        clone = make_voice_clone(tts, str(ref_audio), ref_text)
+        tts = load_model(folder, dtype=cpu_dtype(device), codec=False)
+        clone = make_voice_clone(tts, wave, ref_text, sample_rate=SAMPLE_RATE)
         save_voice(out, clone, tts)
     mode = "in-context (x-vector + reference codes)" if ref_text else "x-vector only"
     click.echo(f"Saved voice {out} ({mode})", err=True)
+
+
+voices.add_command(voice_create)
+
+
+@click.group(cls=Group, hidden=True)
+def voice():
+    """Old name of `voices create` (kept working)."""
+    click.echo("note: `voice create` is now `voices create`", err=True)
+
+
+voice.add_command(voice_create)
