@@ -102,6 +102,7 @@ def check_output(out: Path, sources: list, *, overwrite: bool):
     """Refuse, before any work, an output that is, holds or lies inside a source, and one that
     exists unless `overwrite` is set and it is an earlier conversion (the only thing --force
     deletes: never a folder this converter did not make)."""
+    _restore_replaced(out)
     target = out.resolve()
     for source in sources:
         src = Path(source).resolve()
@@ -135,7 +136,6 @@ def publish(out: Path, build, *, overwrite: bool = False) -> Path:
     output is replaced only once the new one is complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(out.parent, out.name)
-    _restore_replaced(out)
     tmp = temp_folder(out)
     shutil.rmtree(tmp, ignore_errors=True)
     with user_paths(tmp, out):

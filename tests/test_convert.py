@@ -215,3 +215,27 @@ def test_stale_partials_of_dead_processes_are_removed(model_dir, tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_errors_name_the_output_not_the_partial_folder(model_dir, tmp_path, monkeypatch):
+    import os
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(src), str(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError) as e:
+        convert_model(model_dir("customvoice_0b6"), tmp_path / "out", bits=None, dtype="float32")
+    assert e.value.filename.startswith(str(tmp_path / "out")) and ".partial" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_swapped_aside_by_a_killed_run_is_put_back(model_dir, tmp_path):
+    src = model_dir("customvoice_0b6")
+    out = convert_model(src, tmp_path / "out", bits=None, dtype="float32")
+    before = _tree(out)
+    aside = tmp_path / f".out.replaced-{_dead_pid()}"  # killed between moving `out` aside and renaming the new one
+    out.rename(aside)
+    with pytest.raises(FileExistsError, match="already exists"):  # the previous output is back first
+        convert_model(src, out, bits=None, dtype="float32")
+    assert not aside.exists() and _tree(out) == before
