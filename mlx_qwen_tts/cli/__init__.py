@@ -2,7 +2,8 @@
 commands so that `--help` is instant and works without PortAudio.
 
 User errors (bad input, missing files, no audio device, broken model folders) end as one line
-on stderr and exit status 1; Ctrl-C stops playback and generation and exits with 130.
+on stderr and exit status 1; Ctrl-C, SIGTERM and SIGHUP run every command's cleanup, print
+`Interrupted.` and exit with 128 + the signal (130 for Ctrl-C).
 """
 
 from __future__ import annotations
