@@ -15,6 +15,7 @@ from mlx_qwen_tts.cli.common import (Command, Number, cpu_dtype, model_size, one
 from mlx_qwen_tts.hub import DEFAULT_MODEL
 from mlx_qwen_tts.text import split_text
 
+MAX_SEED = 2 ** 64 - 1  # MLX's random key takes a uint64
 SEGMENT_CHARS = 250  # text is generated in segments of up to this many characters
 # Playback chunks: small for a quick first sound, and all the same size, because the player
 # sizes its pre-buffer by the wait for a chunk like the last one.
@@ -65,7 +66,7 @@ def read_text(text: str | None, text_file: Path | None) -> str:
 @click.option("--voice-file", type=click.Path(path_type=Path),
               help="Base models: a voice saved with `voices create` (no re-encoding).")
 @click.option("--play/--no-play", default=None, help="Play through the speakers [default: unless --out].")
-@click.option("--seed", type=Number(0, 2 ** 64 - 1, integer=True), help="Seed the sampling for a reproducible result.")
+@click.option("--seed", type=Number(0, MAX_SEED, integer=True), help="Seed the sampling for a reproducible result.")
 @click.option("--greedy", is_flag=True, help="Always take the most likely code (no sampling; same as --temperature 0).")
 @click.option("--temperature", type=Number(0), help="Sampling temperature; 0 is --greedy [model default].")
 @click.option("--top-k", type=Number(0, integer=True), help="Top-k sampling [model default].")
@@ -125,6 +126,11 @@ def _speak(text, *, model, voice, language, instruct, out, play, device, verbose
 
     if not play and out is None:
         raise click.ClickException("nothing to do: --no-play needs --out FILE")
+    segments = len(split_text(text, SEGMENT_CHARS))
+    seed = sampling["seed"]
+    if seed is not None and seed + segments - 1 > MAX_SEED:  # segment i is sampled with seed + i
+        raise click.ClickException(f"--seed {seed} is too large for a text of {segments} segments (each "
+                                   f"segment adds 1 to it); use at most {MAX_SEED - segments + 1}")
     if out is not None:
         audio.check_writable(out)
     device = select_device(device)
@@ -155,7 +161,6 @@ def _speak(text, *, model, voice, language, instruct, out, play, device, verbose
     pieces = stream(tts, text, voice=voice, language=language, instruct=instruct, max_frames=max_frames,
                     stats=stats, max_segment_chars=SEGMENT_CHARS, **clone, **chunk, **sampling)
     kept = Output(out, tts.sample_rate)
-    segments = len(split_text(text, SEGMENT_CHARS))
     with kept.saving_partial(), contextlib.closing(pieces), \
             Progress(progress, segments, stats, kept) as bar, \
             (audio.Player(tts.sample_rate) if play else contextlib.nullcontext()) as player:
