@@ -105,7 +105,7 @@ def check_output(out: Path, sources: list, *, overwrite: bool):
     _restore_replaced(out)
     target = out.resolve()
     for source in sources:
-        src = Path(source).resolve()
+        src = Path(source).expanduser().resolve()
         if target == src or target.is_relative_to(src) or src.is_relative_to(target):
             where = "is" if target == src else "lies inside" if target.is_relative_to(src) else "holds"
             raise ValueError(f"the output {out} {where} the source {source}; write it to another folder")

@@ -307,3 +307,9 @@ def test_offline_without_a_cached_copy_says_how_to_use_a_local_folder(tmp_path):
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert proc.stderr.count("\n") == 1 and "offline" in proc.stderr and "--model DIR" in proc.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "x.wav").exists()
+
+
+def test_convert_refuses_a_foreign_output_before_downloading(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("downloaded first"))
+    (tmp_path / "photos").mkdir()
+    assert_one_line_error(run("convert", REPO, "-o", tmp_path / "photos", "--force"), "not an mlx-qwen-tts conversion")

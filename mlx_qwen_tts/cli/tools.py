@@ -55,7 +55,7 @@ def list_voices(model):
               show_default=True, help="Type of the unquantized weights (the codec stays float32).")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,
               help="Quantization group size.")
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--force", is_flag=True, help="Replace OUT if it is an earlier conversion (nothing else is deleted).")
 def convert_command(source, out, codec_gguf, tokenizer_dir, bits, no_quantize, dtype, group_size, force):
     """Convert a Qwen3-TTS checkpoint into an MLX folder.
 
@@ -71,10 +71,12 @@ def convert_command(source, out, codec_gguf, tokenizer_dir, bits, no_quantize, d
             convert_gguf(source, codec_gguf, out, tokenizer_dir=tokenizer_dir, overwrite=force, progress=True)
             click.echo(f"Converted {source} + {codec_gguf} -> {out}", err=True)
             return
-        from mlx_qwen_tts_convert.convert import convert_model
+        from mlx_qwen_tts_convert.convert import check_output, convert_model
         from mlx_qwen_tts.hub import resolve_source
         from mlx_qwen_tts.loading import is_converted
 
+        local = [source] if Path(source).expanduser().exists() else []
+        check_output(out, local, overwrite=force)  # before a download (a Hub source is checked once here)
         folder = resolve_source(source)
         if is_converted(folder):
             raise click.ClickException(f"{source} is already an MLX folder; convert the Hugging Face checkpoint")
