@@ -8,6 +8,7 @@ temporary sibling folder and renamed only once complete and verified.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mlx_qwen_tts.atomic import pid_alive, remove_stale, temp_folder, user_paths
 from mlx_qwen_tts.config import load_model_config
-from mlx_qwen_tts.loading import (FORMAT_KEY, FORMAT_VERSION, load_model, map_hf_codec_weights, map_hf_model_weights,
-                               read_safetensors)
+from mlx_qwen_tts.loading import (FORMAT_KEY, FORMAT_VERSION, is_converted, load_model, map_hf_codec_weights,
+                                  map_hf_model_weights, read_safetensors)
 from mlx_qwen_tts.quantize import quantize_tensor, should_quantize
 
 SHARD_BYTES = 1 << 30  # pending output stays in memory until its shard is written
@@ -80,31 +82,84 @@ def convert_model(source: str | Path, out: str | Path, *, bits: int | None = 8, 
         raise ValueError(f"group size must be 32, 64 or 128, got {group_size}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype}")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--force) to replace it")
+    check_output(out, [source], overwrite=overwrite)
     config_json = json.loads((source / "config.json").read_text(encoding="utf-8")) \
         if (source / "config.json").is_file() else None
     load_model_config(source)  # validates the whole configuration before any work
     return publish(out, lambda tmp: _write(source, tmp, config_json, bits, group_size, DTYPES[dtype], dtype,
-                                           progress))
+                                           progress), overwrite=overwrite)
 
 
-def publish(out: Path, build) -> Path:
-    """Run `build(tmp)` on a temporary sibling folder, load the result strictly, then rename it to
-    `out`: a failure at any point leaves no partial folder behind."""
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def is_our_output(folder: Path) -> bool:
+    """An earlier output of this converter: a real folder whose config.json has our marker."""
     try:
-        build(tmp)
-        mx.clear_cache()  # the written tensors' buffers, before the verification load
-        load_model(tmp, codec=True)  # strict round trip before the folder becomes visible
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return folder.is_dir() and not folder.is_symlink() and is_converted(folder)
+    except (OSError, ValueError):  # unreadable or not JSON: not ours
+        return False
+
+
+def check_output(out: Path, sources: list, *, overwrite: bool):
+    """Refuse, before any work, an output that is, holds or lies inside a source, and one that
+    exists unless `overwrite` is set and it is an earlier conversion (the only thing --force
+    deletes: never a folder this converter did not make)."""
+    _restore_replaced(out)
+    target = out.resolve()
+    for source in sources:
+        src = Path(source).expanduser().resolve()
+        if target == src or target.is_relative_to(src) or src.is_relative_to(target):
+            where = "is" if target == src else "lies inside" if target.is_relative_to(src) else "holds"
+            raise ValueError(f"the output {out} {where} the source {source}; write it to another folder")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists; pass overwrite=True (--force) to replace it")
+        if not is_our_output(out):
+            raise FileExistsError(f"{out} exists and is not an mlx-qwen-tts conversion (no {FORMAT_KEY!r} in its "
+                                  "config.json); --force replaces only those: move it away or choose another "
+                                  "output folder")
+
+
+def _restore_replaced(out: Path):
+    """A run killed while swapping folders leaves the previous output aside: put it back if the
+    new one never arrived, else remove it."""
+    for aside in out.parent.glob(f".{glob.escape(out.name)}.replaced-*"):
+        pid = aside.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)) and int(pid) != os.getpid():
+            if out.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.replace(aside, out)
+
+
+def publish(out: Path, build, *, overwrite: bool = False) -> Path:
+    """Run `build(tmp)` on a temporary sibling folder, load the result strictly, then rename it to
+    `out`: a failure or interruption at any point leaves no partial folder behind, and an earlier
+    output is replaced only once the new one is complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out.parent, out.name)
+    tmp = temp_folder(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    with user_paths(tmp, out):
+        try:
+            tmp.mkdir()
+            build(tmp)
+            mx.clear_cache()  # the written tensors' buffers, before the verification load
+            load_model(tmp, codec=True)  # strict round trip before the folder becomes visible
+            if out.exists() or out.is_symlink():
+                if not overwrite or not is_our_output(out):  # it appeared since the check before the work
+                    raise FileExistsError(f"{out} appeared meanwhile (another process?); it was left as it is")
+                aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+                os.replace(out, aside)
+                try:
+                    os.replace(tmp, out)
+                except BaseException:
+                    os.replace(aside, out)
+                    raise
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 

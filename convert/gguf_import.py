@@ -22,7 +22,7 @@ import gguf
 import mlx.core as mx
 import numpy as np
 
-from .convert import ShardWriter, progress_bar, publish, write_config
+from .convert import ShardWriter, check_output, progress_bar, publish, write_config
 from .gguf_config import codec_config, talker_config
 from .gguf_dialects import FLOAT_TYPES, GGUFError, GGUFFile, Tensor
 from mlx_qwen_tts.config import ConfigError, parse_model_config
@@ -306,8 +306,7 @@ def convert_gguf(talker_gguf: str | Path, codec_gguf: str | Path, out: str | Pat
         The output folder.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--force) to replace it")
+    check_output(out, [p for p in (talker_gguf, codec_gguf, tokenizer_dir) if p is not None], overwrite=overwrite)
     talker, codec = GGUFFile(Path(talker_gguf), "talker"), GGUFFile(Path(codec_gguf), "codec")
     support = Path(tokenizer_dir) if tokenizer_dir else talker.path.parent
     cfg, st_cfg, gen, config = _rebuild_configs(talker, codec, support)
@@ -335,4 +334,4 @@ def convert_gguf(talker_gguf: str | Path, codec_gguf: str | Path, out: str | Pat
         record = {"group_size": GROUP_SIZE, "bits": BITS, "mode": "affine"} if quantized else None
         write_config(tmp, cfg, dtype=dtype, quantization=record, source=source)
 
-    return publish(out, build)
+    return publish(out, build, overwrite=overwrite)

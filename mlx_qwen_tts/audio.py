@@ -7,13 +7,14 @@ callback. sounddevice is imported only when playback is asked for, so the packag
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
 import numpy as np
+
+from mlx_qwen_tts.atomic import atomic_file, check_writable_file
 
 # Extension -> (soundfile format, subtype). 16-bit PCM plays everywhere.
 FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
@@ -35,15 +36,9 @@ def audio_format(path: str | Path) -> tuple[str, str]:
 def check_writable(path: str | Path) -> Path:
     """Fail before a long synthesis, not after it: known format, and a folder that takes files."""
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a folder")
-    audio_format(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {path}: folder {folder} is not writable")
-    return path
+    if not path.is_dir():
+        audio_format(path)
+    return check_writable_file(path)
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
@@ -55,16 +50,8 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     path = Path(path)
     fmt, subtype = audio_format(path)
     data = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            sf.write(f, data, sample_rate, format=fmt, subtype=subtype)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        sf.write(f, data, sample_rate, format=fmt, subtype=subtype)
     return path
 
 

@@ -92,9 +92,11 @@ def resolve_model(spec: str | Path, *, bits: int | None = 8, cache_dir: str | Pa
     if target.is_dir():
         return target
     snapshot = download(where, progress=progress)
+    from mlx_qwen_tts.atomic import remove_stale
     from mlx_qwen_tts_convert.convert import convert_model
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target.parent)  # leftovers of conversions killed outright, for any model
     try:
         return convert_model(snapshot, target, bits=bits, progress=progress)
     except FileExistsError:  # another process converted it meanwhile

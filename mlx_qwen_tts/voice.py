@@ -19,6 +19,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from mlx_qwen_tts.atomic import atomic_file, check_writable_file
 from mlx_qwen_tts.models.codec_encoder import CodecEncoder, MimiEncoderArgs, load_codec_encoder
 from mlx_qwen_tts.engine.prompt import VoiceClone
 from mlx_qwen_tts.models.speaker_encoder import SpeakerEncoder, extract_xvector, load_speaker_encoder
@@ -27,6 +28,8 @@ SAMPLE_RATE = 24000
 MIN_SECONDS, MAX_SECONDS = 1.0, 30.0
 SILENCE_PEAK = 1e-3  # -60 dBFS
 VOICE_FORMAT, VOICE_FORMAT_VERSION = "mlx-qwen-tts-voice", 1
+MAX_HEADER_BYTES = 1 << 20  # a voice header is a few hundred bytes plus the reference text
+MAX_REF_FRAMES = int(MAX_SECONDS * 12.5) + 8  # 30 s of reference codes at 12.5 Hz, with slack
 _PCM_SCALE = {np.dtype(np.int16): 2.0 ** 15, np.dtype(np.int32): 2.0 ** 31}
 
 
@@ -210,46 +213,97 @@ def save_voice(path: str | os.PathLike, clone: VoiceClone, model) -> Path:
     if clone.ref_codes is not None:
         tensors["ref_codes"] = np.array(clone.ref_codes.astype(mx.int32))
         metadata["ref_text"] = clone.ref_text
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(safetensors.numpy.save(tensors, metadata=metadata))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # readers see the old file or the whole new one, never a partial one
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = check_voice_path(path)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(safetensors.numpy.save(tensors, metadata=metadata))
     return path
 
 
+def check_voice_path(path: str | os.PathLike) -> Path:
+    """Where a voice file may be written: a .safetensors name in a writable folder."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors" and not path.is_dir():
+        raise ValueError(f"cannot write voice file {path}: give it a .safetensors name")
+    return check_writable_file(path, "voice file")
+
+
+def _read_header(path: Path) -> dict:
+    """The safetensors header (8-byte little-endian length, then JSON), without any tensor data:
+    a model file given by mistake is rejected without being read."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            length = int.from_bytes(f.read(8), "little")
+            if size < 8 or not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
+                raise ValueError
+            header = json.loads(f.read(length))
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not a voice file (not a safetensors file)") from None
+    if not isinstance(header, dict) or not isinstance(header.setdefault("__metadata__", {}) or {}, dict):
+        raise ValueError(f"{path} is not a voice file (malformed safetensors header)")
+    return header
+
+
+def _check_tensors(path: Path, header: dict, model, has_text: bool):
+    """Names, dtypes and shapes from the header, before any tensor is read."""
+    enc_dim = model.config.speaker_encoder.enc_dim
+    expected = {"xvector": ("F32", f"[{enc_dim}]")}
+    if has_text:
+        expected["ref_codes"] = ("I32", f"[frames, {model.config.num_code_groups}]")
+    names = set(header) - {"__metadata__"}
+    if names != set(expected):
+        raise ValueError(f"{path} holds the tensors {sorted(names)}; a voice file "
+                         f"{'with' if has_text else 'without'} reference text holds {sorted(expected)}")
+    for name, (dtype, shape) in expected.items():
+        info = header[name]
+        got = tuple(info.get("shape", ())) if isinstance(info, dict) else None
+        fits = got is not None and (got == (enc_dim,) if name == "xvector" else
+                                    len(got) == 2 and 1 <= got[0] <= MAX_REF_FRAMES
+                                    and got[1] == model.config.num_code_groups)
+        if not fits or info.get("dtype") != dtype:
+            raise ValueError(f"{path}: {name} is {info.get('dtype') if isinstance(info, dict) else '?'} "
+                             f"{list(got) if got is not None else '?'}; this model needs {dtype} {shape}"
+                             + (f" with at most {MAX_REF_FRAMES} frames" if name == "ref_codes" else ""))
+
+
 def load_voice(path: str | os.PathLike, model) -> VoiceClone:
-    """Read a voice file written by `save_voice`; it must have been made with this model's encoders."""
+    """Read a voice file written by `save_voice`; it must have been made with this model's encoders.
+
+    The header is checked first (format, tensor names, dtypes, shapes), then the values (a finite
+    x-vector, codes within the codebook), so a foreign or hand-edited file never reaches the model.
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"voice file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a voice file: {e}") from None
+    header = _read_header(path)
+    metadata = header["__metadata__"] or {}  # MLX writes null when there is none
     if metadata.get("format") != VOICE_FORMAT:
         raise ValueError(f"{path} is not an mlx-qwen-tts voice file")
-    if int(metadata.get("format_version", 0)) > VOICE_FORMAT_VERSION:
+    version = str(metadata.get("format_version", "0"))
+    if not version.isdigit():
+        raise ValueError(f"{path}: format_version {version!r} is not a number")
+    if int(version) > VOICE_FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer mlx-qwen-tts; upgrade to read it")
     _require_base(model)
+    ref_text = metadata.get("ref_text")
+    if ref_text is not None and (not isinstance(ref_text, str) or not ref_text.strip()):
+        raise ValueError(f"{path}: its reference text is empty")
+    _check_tensors(path, header, model, ref_text is not None)
     if metadata.get("model_fingerprint") != model_fingerprint(model):
         raise ValueError(f"{path} was made with a different model (its encoders differ from {model.path}); "
                          "create the voice again with this model")
-    ref_text = metadata.get("ref_text")
-    codes = tensors.get("ref_codes")
-    if "xvector" not in tensors or (codes is None) != (ref_text is None):
-        raise ValueError(f"{path} is incomplete: it needs an x-vector, and reference codes with their text")
-    if codes is not None and (codes.ndim != 2 or not codes.size or codes.shape[1] != model.config.num_code_groups
-                              or codes.min() < 0 or codes.max() >= model.config.codebook_size):
-        raise ValueError(f"{path}: reference codes of shape {codes.shape} do not fit this model")
-    return VoiceClone(xvector=mx.array(tensors["xvector"]),
-                      ref_codes=None if codes is None else mx.array(codes.astype(np.int32)), ref_text=ref_text)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a voice file: {e}") from None
+    xvector, codes = tensors["xvector"], tensors.get("ref_codes")
+    if not np.isfinite(xvector).all():
+        raise ValueError(f"{path}: the x-vector holds NaN or infinite values")
+    if codes is not None and (codes.min() < 0 or codes.max() >= model.config.codebook_size):
+        raise ValueError(f"{path}: reference codes must lie in [0, {model.config.codebook_size}), found "
+                         f"[{codes.min()}, {codes.max()}]")
+    return VoiceClone(xvector=mx.array(xvector), ref_codes=None if codes is None else mx.array(codes),
+                      ref_text=ref_text)

@@ -343,3 +343,38 @@ def test_check_writable(tmp_path):
         check_writable(tmp_path / "d.wav")
     with pytest.raises(ValueError, match="unknown audio format"):
         check_writable(tmp_path / "a.mp4")
+
+
+def _dead_pid():
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: no process has this PID now
+    return proc.pid
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    import subprocess
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = tmp_path / f".x.wav.{_dead_pid()}.tmp"  # left by a writer killed outright (SIGKILL)
+        live = tmp_path / f".x.wav.{sleeper.pid}.tmp"  # a writer still at work
+        other = tmp_path / f".y.wav.{_dead_pid()}.tmp"  # another target's
+        for path in (dead, live, other):
+            path.write_bytes(b"RIFF")
+        write_audio(tmp_path / "x.wav", signal(100), SR)
+        assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name, "x.wav"])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_errors_name_the_target_not_the_temporary(tmp_path, monkeypatch):
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(src), str(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError) as e:
+        write_audio(tmp_path / "x.wav", signal(100), SR)
+    assert e.value.filename == str(tmp_path / "x.wav") and os.listdir(tmp_path) == []

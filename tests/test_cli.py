@@ -160,11 +160,14 @@ def test_ctrl_c_stops_playback_and_generation(mlx_model, tmp_path, monkeypatch):
     monkeypatch.setattr("mlx_qwen_tts.api.stream", interrupted_stream)
     out = tmp_path / "x.wav"
     result = speak(mlx_model, TEXT, "--play", "--out", out)
-    assert result.exit_code == 130 and result.stderr.strip() == "Interrupted."
+    partial = tmp_path / "x.partial.wav"  # the audio made before Ctrl-C is kept, under a name that says so
+    assert result.exit_code == 130
+    assert result.stderr.splitlines() == [f"Saved the 0.24 s made so far to {partial}", "Interrupted."]
     assert "Traceback" not in result.output
     assert closed == [True] and sd.streams[0].closed
     assert not sd.streams[0].started or sd.streams[0].aborted
     assert not out.exists()
+    np.testing.assert_allclose(sf.read(partial, dtype="float32")[0], np.ones(5760), atol=1 / 32767)
 
 
 # -- user errors ------------------------------------------------------------------------------------
@@ -249,6 +252,18 @@ def test_convert_command(model_dir, mlx_model, tmp_path):
     assert_one_line_error(run("convert", tmp_path / "nope", "-o", tmp_path / "n"), "does not exist")
 
 
+def test_convert_force_never_deletes_what_it_did_not_make(model_dir, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(model_dir("customvoice_0b6"), src)
+    files = sorted(p.name for p in src.rglob("*"))
+    assert_one_line_error(run("convert", src, "-o", src, "--force"), "is the source")
+    assert_one_line_error(run("convert", src, "-o", src / "mlx", "--force"), "lies inside the source")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"meow")
+    assert_one_line_error(run("convert", src, "-o", tmp_path / "photos", "--force"), "not an mlx-qwen-tts conversion")
+    assert sorted(p.name for p in src.rglob("*")) == files and (tmp_path / "photos" / "cat.jpg").exists()
+
+
 # -- the Hub cache ----------------------------------------------------------------------------------
 
 REPO = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
@@ -292,3 +307,9 @@ def test_offline_without_a_cached_copy_says_how_to_use_a_local_folder(tmp_path):
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert proc.stderr.count("\n") == 1 and "offline" in proc.stderr and "--model DIR" in proc.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "x.wav").exists()
+
+
+def test_convert_refuses_a_foreign_output_before_downloading(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("downloaded first"))
+    (tmp_path / "photos").mkdir()
+    assert_one_line_error(run("convert", REPO, "-o", tmp_path / "photos", "--force"), "not an mlx-qwen-tts conversion")

@@ -1,4 +1,4 @@
-"""CLI voice cloning (speak --ref-audio/--voice-file, voice create), check-quant and GGUF convert."""
+"""CLI voice cloning (speak --ref-audio/--voice-file, voices create), check-quant and GGUF convert."""
 
 import mlx.core as mx
 import numpy as np
@@ -44,9 +44,10 @@ def test_clone_from_reference_equals_the_api(base_model, reference_wav, tmp_path
 
 def test_saved_voice_reproduces_the_reference_clone(base_model, reference_wav, tmp_path):
     voice = tmp_path / "voice.safetensors"
-    made = run("voice", "create", "--ref-audio", reference_wav, "--ref-text", "This is the voice to speak with.",
+    made = run("voices", "create", "--ref-audio", reference_wav, "--ref-text", "This is the voice to speak with.",
                "--model", base_model, "-o", voice, "--device", "cpu")
     assert made.exit_code == 0, made.output
+    assert made.stderr.strip() == f"Saved voice {voice} (in-context (x-vector + reference codes))"
     a, b = tmp_path / "a.wav", tmp_path / "b.wav"
     assert _speak(base_model, TEXT, "--voice-file", voice, "--out", a).exit_code == 0
     assert _speak(base_model, TEXT, "--ref-audio", reference_wav, "--ref-text", "This is the voice to speak with.",
@@ -92,3 +93,62 @@ def test_gguf_talker_needs_its_codec(tmp_path):
     talker = tmp_path / "talker.gguf"
     talker.write_bytes(b"GGUF")
     assert_one_line_error(run("convert", talker, "-o", tmp_path / "out"), "--codec")
+
+
+def test_old_voice_create_still_works_and_names_the_new_command(base_model, reference_wav, tmp_path):
+    voice = tmp_path / "v.safetensors"
+    made = run("voice", "create", "--ref-audio", reference_wav, "--model", base_model, "-o", voice, "--device", "cpu")
+    assert made.exit_code == 0, made.output
+    assert made.stderr.splitlines()[0] == "note: `voice create` is now `voices create`" and voice.is_file()
+    listed = run("voices", "--model", base_model)  # bare `voices` still lists
+    assert listed.exit_code == 0 and "voice cloning: yes" in listed.stdout
+
+
+def test_voices_create_checks_its_output_before_any_model_work(reference_wav, tmp_path):
+    def create(out, model=tmp_path / "no-such-model"):  # a missing model would be the error if read first
+        return run("voices", "create", "--ref-audio", reference_wav, "--model", model, "-o", out, "--device", "cpu")
+
+    assert_one_line_error(create(tmp_path / "v.wav"), "give it a .safetensors name")
+    assert_one_line_error(create(tmp_path / "no" / "v.safetensors"), "folder", "does not exist")
+    assert_one_line_error(create(tmp_path), "is a folder")
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(48000, np.float32), 24000)
+    result = run("voices", "create", "--ref-audio", silent, "--model", tmp_path / "nope", "-o", tmp_path / "v.safetensors")
+    assert_one_line_error(result, "silent")
+
+
+def test_failed_voice_write_names_the_users_path(base_model, reference_wav, tmp_path, monkeypatch):
+    import os
+
+    def refuse(src, dst):  # what a rename into a folder we may not write says
+        raise PermissionError(13, "Permission denied", str(src), str(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    out = tmp_path / "v.safetensors"
+    result = run("voices", "create", "--ref-audio", reference_wav, "--model", base_model, "-o", out, "--device", "cpu")
+    assert_one_line_error(result, f"{out}: Permission denied")
+    assert ".tmp" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["convert", "voices create"])
+def test_ctrl_c_in_any_command_is_interrupted_130(base_model, model_dir, reference_wav, tmp_path, monkeypatch, command):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if command == "convert":
+        monkeypatch.setattr("mlx_qwen_tts_convert.convert._write", ctrl_c)
+        args = ["convert", model_dir("base_0b6"), "-o", tmp_path / "out"]
+    else:
+        monkeypatch.setattr("mlx_qwen_tts.voice.make_voice_clone", ctrl_c)
+        args = ["voices", "create", "--ref-audio", reference_wav, "--model", base_model, "-o",
+                tmp_path / "v.safetensors", "--device", "cpu"]
+    result = run(*args)
+    assert result.exit_code == 130 and result.stderr.strip() == "Interrupted.", result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_foreign_voice_file_is_one_line(base_model, tmp_path):
+    bf16 = tmp_path / "model.safetensors"
+    mx.save_safetensors(str(bf16), {"w": mx.ones((4, 4), mx.bfloat16)}, metadata={"format": "mlx"})
+    result = _speak(base_model, TEXT, "--voice-file", bf16, "--out", tmp_path / "x.wav")
+    assert_one_line_error(result, "is not an mlx-qwen-tts voice file")

@@ -3,6 +3,8 @@ quantization error and passes the quality gate, broken inputs fail cleanly witho
 
 import json
 import shutil
+import subprocess
+import sys
 
 import mlx.core as mx
 import numpy as np
@@ -143,3 +145,95 @@ def test_quality_gate_fails_a_damaged_model(model_dir, float_pair, tmp_path):
         layer.self_attn.o_proj.biases = layer.self_attn.o_proj.biases * 3
     report = quality_gate(float_pair[0], damaged, frames=20)
     assert not report.passed and report.talker_kl > 0.02
+
+
+# -- --force and the output folder ------------------------------------------------------------------
+
+def _tree(folder):
+    return sorted((str(p.relative_to(folder)), p.read_bytes() if p.is_file() else None) for p in folder.rglob("*"))
+
+
+def test_force_replaces_only_an_earlier_conversion(model_dir, tmp_path):
+    src = model_dir("customvoice_0b6")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    hf_copy = tmp_path / "hf_copy"  # a model folder, but not one of our outputs
+    shutil.copytree(src, hf_copy)
+    for folder in (mine, hf_copy):
+        before = _tree(folder)
+        with pytest.raises(FileExistsError, match="not an mlx-qwen-tts conversion"):
+            convert_model(src, folder, bits=None, dtype="float32", overwrite=True)
+        assert _tree(folder) == before
+    out = convert_model(src, tmp_path / "out", bits=None, dtype="float32")
+    convert_model(src, out, bits=8, group_size=32, dtype="float32", overwrite=True)
+    assert json.loads((out / "config.json").read_text())[FORMAT_KEY]["quantization"]["bits"] == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_copy", "mine", "out"]  # nothing left aside
+
+
+def test_output_never_overlaps_the_source(model_dir, tmp_path):
+    from mlx_qwen_tts_convert import convert_gguf
+
+    src = tmp_path / "parent" / "src"
+    shutil.copytree(model_dir("customvoice_0b6"), src)
+    before = _tree(tmp_path / "parent")
+    for out, where in ((src, "is the source"), (src / "mlx", "lies inside the source"),
+                       (tmp_path / "parent", "holds the source")):
+        with pytest.raises(ValueError, match=where):
+            convert_model(src, out, bits=None, dtype="float32", overwrite=True)
+    gguf = tmp_path / "gguf"
+    gguf.mkdir()
+    (gguf / "talker.gguf").write_bytes(b"GGUF")
+    (gguf / "codec.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match="holds the source"):
+        convert_gguf(gguf / "talker.gguf", gguf / "codec.gguf", gguf, overwrite=True)
+    with pytest.raises(ValueError, match="lies inside the source"):
+        convert_gguf(gguf / "talker.gguf", gguf / "codec.gguf", src / "out", tokenizer_dir=src, overwrite=True)
+    with pytest.raises(FileExistsError, match="not an mlx-qwen-tts conversion"):
+        convert_gguf(gguf / "talker.gguf", gguf / "codec.gguf", tmp_path / "parent", overwrite=True)
+    assert (gguf / "talker.gguf").read_bytes() == b"GGUF" and _tree(tmp_path / "parent") == before
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: no process has this PID now
+    return proc.pid
+
+
+def test_stale_partials_of_dead_processes_are_removed(model_dir, tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead, live = tmp_path / f".out.partial-{_dead_pid()}", tmp_path / f".out.partial-{sleeper.pid}"
+        other = tmp_path / f".other.partial-{_dead_pid()}"  # another target's: not this run's business
+        for folder in (dead, live, other):
+            folder.mkdir()
+            (folder / "model-00001.safetensors").write_bytes(b"half")
+        convert_model(model_dir("customvoice_0b6"), tmp_path / "out", bits=None, dtype="float32")
+        assert not dead.exists() and live.exists() and other.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_errors_name_the_output_not_the_partial_folder(model_dir, tmp_path, monkeypatch):
+    import os
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(src), str(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError) as e:
+        convert_model(model_dir("customvoice_0b6"), tmp_path / "out", bits=None, dtype="float32")
+    assert e.value.filename.startswith(str(tmp_path / "out")) and ".partial" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_swapped_aside_by_a_killed_run_is_put_back(model_dir, tmp_path):
+    src = model_dir("customvoice_0b6")
+    out = convert_model(src, tmp_path / "out", bits=None, dtype="float32")
+    before = _tree(out)
+    aside = tmp_path / f".out.replaced-{_dead_pid()}"  # killed between moving `out` aside and renaming the new one
+    out.rename(aside)
+    with pytest.raises(FileExistsError, match="already exists"):  # the previous output is back first
+        convert_model(src, out, bits=None, dtype="float32")
+    assert not aside.exists() and _tree(out) == before

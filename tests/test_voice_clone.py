@@ -180,3 +180,63 @@ def test_clone_needs_a_base_model_and_real_ref_text(model_dir, model, voice):
     custom = load_model(model_dir("customvoice_0b6"), dtype=mx.float32, codec=False)
     with pytest.raises(ValueError, match="needs a Base model"):
         make_voice_clone(custom, voice["wave"])
+
+
+# -- voice files that are not ours, or were edited by hand ------------------------------------------
+
+def _edited_voice(path, clone, model, edit):
+    """Save `clone`, then rewrite the file with `edit(tensors, metadata)` applied."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    save_voice(path, clone, model)
+    with safe_open(str(path), framework="numpy") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    edit(tensors, metadata)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def _nan_xvector(t, m):
+    t["xvector"][3] = np.nan
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, m: t.update(xvector=t["xvector"][:-1]), "xvector is F32 \\[.*\\]; this model needs F32"),
+    (lambda t, m: t.update(xvector=t["xvector"].astype(np.float16)), "xvector is F16"),
+    (_nan_xvector, "NaN or infinite"),
+    (lambda t, m: t.update(ref_codes=t["ref_codes"].astype(np.float32)), "ref_codes is F32"),
+    (lambda t, m: t.update(ref_codes=t["ref_codes"][:, :8]), "ref_codes is I32"),
+    (lambda t, m: t.update(ref_codes=t["ref_codes"] + 5000), "must lie in \\[0, "),
+    (lambda t, m: t.update(extra=np.zeros(3, np.float32)), "holds the tensors"),
+    (lambda t, m: m.pop("ref_text"), "holds the tensors"),
+    (lambda t, m: m.update(format_version="x"), "format_version"),
+])
+def test_hand_edited_voice_file_is_rejected_before_the_model(model, clones, tmp_path, edit, message):
+    from mlx_qwen_tts.api import synthesize
+
+    path = _edited_voice(tmp_path / "v.safetensors", clones["icl"], model, edit)
+    with pytest.raises(ValueError, match=message):
+        load_voice(path, model)
+    with pytest.raises(ValueError, match=message):  # the API reads voice files through the same checks
+        synthesize(model, "Hello.", voice_file=path, max_frames=2)
+
+
+def test_other_safetensors_files_are_rejected_from_the_header_alone(model, tmp_path, monkeypatch):
+    import safetensors
+
+    bf16 = tmp_path / "bf16.safetensors"  # numpy cannot hold bf16: reading its tensors would fail
+    mx.save_safetensors(str(bf16), {"w": mx.ones((4, 4), mx.bfloat16)}, metadata={"format": "mlx"})
+    untagged = tmp_path / "untagged.safetensors"
+    mx.save_safetensors(str(untagged), {"xvector": mx.ones((4,))})
+
+    def no_tensor_reads(*args, **kwargs):
+        raise AssertionError("tensor data read before the header was checked")
+
+    monkeypatch.setattr(safetensors, "safe_open", no_tensor_reads)
+    for path in (bf16, untagged):
+        with pytest.raises(ValueError, match="is not an mlx-qwen-tts voice file"):
+            load_voice(path, model)
+    (tmp_path / "huge_header.safetensors").write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        load_voice(tmp_path / "huge_header.safetensors", model)
