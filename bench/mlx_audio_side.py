@@ -65,10 +65,11 @@ def fixture_copy(dst: Path) -> Path:
 
 
 class Stamps:
-    """Timestamps of the talker's forward calls and of the (stubbed) decode at the end."""
+    """Timestamps of the talker's forward calls (one per frame; call 0 is the prefill) and one
+    more when the loop has ended (the first stubbed decode call after it)."""
 
     def __init__(self, model):
-        self.times = []
+        self.times, self.ended = [], False
         stamps, talker = self.times, model.talker
 
         class StampedTalker(type(talker)):
@@ -80,33 +81,31 @@ class Stamps:
 
     def reset(self):
         self.times.clear()
+        self.ended = False
 
-    def stamp(self):
-        self.times.append(time.perf_counter())
+    def end(self):
+        if not self.ended:  # a batch decodes row by row, all rows ending on the same step
+            self.times.append(time.perf_counter())
+            self.ended = True
 
 
 def stub_codec(model, stamps: Stamps) -> int:
     """Both decode entry points return zeros of the right length; returns samples per frame."""
     import mlx.core as mx
 
-    tokenizer = model.speech_tokenizer
-    upsample = tokenizer.decode_upsample_rate
+    upsample = model.speech_tokenizer.decode_upsample_rate
 
     def decode(codes):  # generate: codes [1, frames, groups] -> (audio [1, samples], lengths [1])
-        stamps.stamp()  # the loop's last frame is done
+        stamps.end()
         n = codes.shape[1] * upsample
         return mx.zeros((1, n), dtype=mx.float32), mx.array([n])
 
-    def decode_generated(generated_codes, **_):  # batch session: one row's list of [1, groups] codes
-        if not decode_generated.stamped:
-            stamps.stamp()  # all rows end on the same step (fixed frame count): stamp the first
-            decode_generated.stamped = True
+    def decode_generated_codes(generated_codes, **_):  # batch session: one row's list of [1, groups]
+        stamps.end()
         return mx.zeros((len(generated_codes) * upsample,), dtype=mx.float32)
 
-    decode_generated.stamped = False
-    tokenizer.decode = decode
-    model._decode_generated_codes = decode_generated
-    model._decode_generated_stub = decode_generated
+    model.speech_tokenizer.decode = decode
+    model._decode_generated_codes = decode_generated_codes
     return upsample
 
 
@@ -167,9 +166,8 @@ class Session:
         if warmup and batch_size not in self._warm:
             self._warm.add(batch_size)
             self.batch(batch_size, 4, seed, warmup=False)
-        stamps, stub = self.stamps, self.model._decode_generated_stub
+        stamps = self.stamps
         stamps.reset()
-        stub.stamped = False
         mx.random.seed(seed)
         t0 = time.perf_counter()
         results = list(self.model.batch_generate(texts=[self.text] * batch_size, voices=[VOICE] * batch_size,
