@@ -1,0 +1,156 @@
+"""Ours vs mlx-audio 0.6.2 on the tiny fixture: the generation loop's ms/frame at B = 1 with the
+two sides' repetitions alternating (same machine load), then mlx-audio's `batch_generate` at each
+batch size (aggregate frames/s). Written as JSON lines and a short summary.
+
+    python bench/mlx_audio_compare.py [--frames 60] [--reps 3] [--threads 1] [--batch 1,2,4,8,16]
+                                      [--batch-frames 40] [--batch-reps 2] [--ours-root DIR] [--out FILE]
+
+Ours is this file's own small worker (`--ours-worker`: our public API only, load_model,
+build_prompt, GenerationSettings, generate_frames, timed as bench/ours.py:run_loop times a run),
+run by --ours-root's .venv (default: this checkout's); mlx-audio is bench/mlx_audio_side.py in
+.venv-mlxaudio (made by bench/mlx_audio_env.sh when missing). Both load the same fixture, get the
+same thread count and the system OpenBLAS preloaded, and make one untimed run of the full frame
+count before the timed ones. mlx-audio's codec decode is stubbed
+(see bench/mlx_audio_side.py), ours' loop does not run the codec: both times are the talker and
+code-predictor loop only.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from common import LANGUAGE, REPLY, TEXTS, VOICE, host_info, per_frame, serve, spread  # noqa: E402
+from mlx_audio_side import ensure_venv, relaunch_env  # noqa: E402 (pure Python at import)
+from shapes import FIXTURE, ROOT  # noqa: E402
+
+
+class Ours:
+    """Our side through the public API only (the engine's internals change under it)."""
+
+    def build(self, threads, text="short", seed=0, **_):
+        from mlx_qwen_tts.loading import load_model
+        import mlx.core as mx
+
+        self.threads, self.text = threads, TEXTS[text]
+        self.model = load_model(FIXTURE, dtype=mx.float32, codec=False)
+        self.rep(4, seed)  # warm-up: compiles the frame step
+        return {}
+
+    def rep(self, frames, seed):
+        """One generation of `frames` frames (EOS ignored), timestamps at every frame."""
+        import time
+
+        from mlx_qwen_tts.engine.generate import GenerationSettings, generate_frames
+        from mlx_qwen_tts.engine.prompt import build_prompt
+
+        prompt = build_prompt(self.model, self.text, voice=VOICE, language=LANGUAGE)
+        settings = GenerationSettings.from_config(self.model.config.generation, max_frames=frames, ignore_eos=True,
+                                                  seed=seed)
+        stamps = [time.perf_counter() for _ in generate_frames(self.model, prompt, settings)]
+        assert len(stamps) == frames, f"{len(stamps)} frames for {frames}"
+        return dict(frame_s=per_frame(stamps), frames=len(stamps))
+
+    def finish(self, **_):
+        import mlx.core as mx
+
+        return dict(env=dict(impl="mlx-qwen-tts", mlx=mx.__version__, device=str(mx.default_device()),
+                             threads=self.threads, **host_info()))
+
+
+class Worker:
+    """A side's worker process, driven by JSON commands (common.serve)."""
+
+    def __init__(self, name, python, argv, threads, log):
+        self.name = name
+        self.proc = subprocess.Popen([str(python), *map(str, argv)], cwd=BENCH, env=relaunch_env(threads),
+                                     text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+
+    def call(self, op, **kw) -> dict:
+        self.proc.stdin.write(json.dumps(dict(op=op, **kw)) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith(REPLY):
+                reply = json.loads(line[len(REPLY):])
+                if "error" in reply:
+                    raise RuntimeError(f"{self.name} worker, {op}:\n{reply['error']}")
+                return reply
+        raise RuntimeError(f"the {self.name} worker exited (code {self.proc.wait()}); see its log")
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", default="1,2,4,8,16", help="mlx-audio batch sizes ('' for none)")
+    ap.add_argument("--batch-frames", type=int, default=40)
+    ap.add_argument("--batch-reps", type=int, default=2)
+    ap.add_argument("--ours-root", type=Path, default=ROOT, help="checkout whose .venv runs ours")
+    ap.add_argument("--out", type=Path, default=None, help="JSON lines (default: stdout only)")
+    ap.add_argument("--log", type=Path, default=Path("/tmp/mlx_audio_compare.log"), help="the workers' stderr")
+    args = ap.parse_args()
+
+    ours_python = args.ours_root / ".venv" / "bin" / "python"
+    records = []
+    out = open(args.out, "w") if args.out else None
+
+    def emit(record):
+        records.append(record)
+        line = json.dumps(record)
+        print(line, flush=True)
+        if out:
+            out.write(line + "\n")
+            out.flush()
+
+    with open(args.log, "w") as log:
+        theirs = Worker("mlx-audio", ensure_venv(), [BENCH / "mlx_audio_side.py"], args.threads, log)
+        ours = Worker("ours", ours_python if ours_python.exists() else sys.executable,
+                      [Path(__file__).resolve(), "--ours-worker"], args.threads, log)
+        workers = dict(ours=ours, mlx_audio=theirs)
+        for w in workers.values():
+            w.call("build", shape="tiny", precision="float32", threads=args.threads, text="short", seed=0)
+            w.call("rep", frames=args.frames, seed=0)  # untimed: every shape of the full run seen once
+        reps = {name: [] for name in workers}
+        for rep in range(args.reps):
+            for name, w in workers.items():
+                reps[name].append(w.call("rep", frames=args.frames, seed=rep + 1)["frame_s"] * 1e3)
+        envs = dict(ours=ours.call("finish")["env"])
+        ours.close()
+        for name, ms in reps.items():
+            emit(dict(kind="generate", side=name, frames=args.frames, threads=args.threads, ms_per_frame=spread(ms),
+                      ms_per_frame_reps=ms))
+        for b in [int(x) for x in args.batch.split(",") if x]:
+            runs = [theirs.call("batch", batch_size=b, frames=args.batch_frames, seed=rep + 1)
+                    for rep in range(args.batch_reps)]
+            emit(dict(kind="batch", side="mlx_audio", batch_size=b, frames=args.batch_frames, threads=args.threads,
+                      total_s=spread([r["total_s"] for r in runs]),
+                      step_ms=spread([r["step_s"] * 1e3 for r in runs]),
+                      frames_per_s=spread([sum(r["frames"]) / r["total_s"] for r in runs]),
+                      steady_frames_per_s=spread([b / r["step_s"] for r in runs])))
+        envs["mlx_audio"] = theirs.call("finish")["env"]
+        theirs.close()
+    emit(dict(kind="env", **envs))
+    for r in records:
+        if r["kind"] == "generate":
+            m = r["ms_per_frame"]
+            print(f"# {r['side']:>9} B=1: {m['median']:6.1f} ms/frame [{m['min']:.1f}-{m['max']:.1f}] "
+                  f"({r['frames']} frames, {m['n']} reps, {r['threads']} thread(s))")
+        elif r["kind"] == "batch":
+            print(f"# mlx_audio B={r['batch_size']:<2}: {r['frames_per_s']['median']:6.1f} frames/s aggregate "
+                  f"(whole call), {r['steady_frames_per_s']['median']:6.1f} in steady state, "
+                  f"{r['step_ms']['median']:.1f} ms/step")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--ours-worker"]:
+        serve(Ours())
+    else:
+        main()
