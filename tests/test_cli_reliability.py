@@ -96,12 +96,12 @@ def test_bad_option_values_are_one_line_before_loading(tmp_path, option, value, 
     assert_one_line_error(speak(tmp_path / "no-model", TEXT, "--out", tmp_path / "x.wav", option, value), needle)
 
 
-def test_largest_seed_is_accepted_while_each_segment_seed_fits(mlx_model, tmp_path):
+def test_largest_seed_is_accepted_for_every_segment(mlx_model, tmp_path):
     result = speak(mlx_model, TEXT, "--out", tmp_path / "x.wav", "--seed", 2 ** 64 - 1, "--max-seconds", 0.5)
     assert result.exit_code == 0, result.output
-    # segment i is sampled with seed + i, which must stay a uint64 too
-    assert_one_line_error(speak(tmp_path / "no-model", LONG, "--out", tmp_path / "y.wav", "--seed", 2 ** 64 - 2),
-                          "--seed 18446744073709551614 is too large for a text of 3 segments")
+    # segment i is sampled with seed + i (mod 2**64): a long text near the top wraps around
+    result = speak(mlx_model, LONG, "--out", tmp_path / "y.wav", "--seed", 2 ** 64 - 2, "--max-seconds", 0.5)
+    assert result.exit_code == 0, result.output
 
 
 def test_temperature_zero_is_greedy(mlx_model, tmp_path):
@@ -136,8 +136,9 @@ def test_max_seconds_caps_the_whole_output_not_each_segment(mlx_model, tmp_path)
     assert result.exit_code == 0, result.output
     wav = sf.read(out, dtype="float32")[0]
     np.testing.assert_allclose(wav, np.clip(per_segment[:cap], -1, 1), atol=1.5 / 32767)
-    done, seconds = re.findall(r"(\d+)/3 segments, ([\d.]+) s of audio", result.stderr)[-1]  # the progress bar
-    assert int(done) < 3 and float(seconds) == round(len(wav) / 24000, 1)
+    # the progress bar (the segments are generated as rows of one batch, so all may be done by then)
+    _, seconds = re.findall(r"(\d+)/3 segments, ([\d.]+) s of audio", result.stderr)[-1]
+    assert float(seconds) == round(len(wav) / 24000, 1)
 
 
 # A speak run whose stream makes one chunk of audio and then stalls until it is signalled.

@@ -15,7 +15,7 @@ from mlx_qwen_tts.cli.common import (Command, Number, cpu_dtype, model_size, one
 from mlx_qwen_tts.hub import DEFAULT_MODEL
 from mlx_qwen_tts.text import split_text
 
-MAX_SEED = 2 ** 64 - 1  # MLX's random key takes a uint64
+MAX_SEED = 2 ** 64 - 1  # the sampling noise is keyed by a uint64
 SEGMENT_CHARS = 250  # text is generated in segments of up to this many characters
 # Playback chunks: small for a quick first sound, and all the same size, because the player
 # sizes its pre-buffer by the wait for a chunk like the last one.
@@ -127,10 +127,6 @@ def _speak(text, *, model, voice, language, instruct, out, play, device, verbose
     if not play and out is None:
         raise click.ClickException("nothing to do: --no-play needs --out FILE")
     segments = len(split_text(text, SEGMENT_CHARS))
-    seed = sampling["seed"]
-    if seed is not None and seed + segments - 1 > MAX_SEED:  # segment i is sampled with seed + i
-        raise click.ClickException(f"--seed {seed} is too large for a text of {segments} segments (each "
-                                   f"segment adds 1 to it); use at most {MAX_SEED - segments + 1}")
     if out is not None:
         audio.check_writable(out)
     device = select_device(device)
