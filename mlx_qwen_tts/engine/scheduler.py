@@ -271,6 +271,9 @@ class Engine:
 
         self.model, self.max_queue = model, max_queue
         self._scheduler = Scheduler(model, max_batch)
+        # A lazy array belongs to the stream of the thread that made it, and the engine's thread
+        # has its own: evaluate the (lazily read) voice-clone encoder weights it may use.
+        mx.eval(model.extra_weights)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._waiting = 0  # submitted, no row yet (inbox + scheduler)

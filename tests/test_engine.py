@@ -1,0 +1,100 @@
+"""The threaded Engine: concurrent submissions from several threads equal their solo results,
+cancel frees the row within a frame, the waiting queue is bounded, a failing request ends alone,
+Base-model cloning works from the engine's own thread, close ends everything."""
+
+import threading
+import time
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_qwen_tts.api import synthesize
+from mlx_qwen_tts.engine.scheduler import Engine, QueueFull
+from mlx_qwen_tts.loading import load_model
+
+TEXT = "Hello world, this is a test."
+
+
+@pytest.fixture(scope="module")
+def custom(model_dir):
+    return load_model(model_dir("customvoice_0b6"), dtype=mx.float32)
+
+
+def _wait(condition, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_concurrent_submissions_from_threads_equal_their_solo_results(custom):
+    jobs = [dict(voice="ryan", seed=1, max_frames=12), dict(voice="vivian", seed=2, max_frames=9, temperature=0.5),
+            dict(voice="serena", greedy=True, max_frames=7), dict(voice="eric", seed=4, max_frames=15, top_p=0.8)]
+    solo = [synthesize(custom, TEXT, **kw).audio for kw in jobs]
+    out = [None] * len(jobs)
+    with Engine(custom, max_batch=4) as engine:
+        def client(i):
+            out[i] = np.concatenate(list(engine.submit(TEXT, **jobs[i])))
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    for got, expected in zip(out, solo):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_cancel_frees_the_row_and_close_ends_the_rest(custom):
+    engine = Engine(custom, max_batch=2)
+    long = engine.submit(TEXT, voice="ryan", seed=1, ignore_eos=True, max_frames=2000, first_chunk_frames=1)
+    chunks = iter(long)
+    next(chunks)
+    _wait(lambda: engine.active_rows == 1)
+    long.cancel()
+    _wait(lambda: engine.active_rows == 0)
+    assert long.stats.frames < 100
+    rest = engine.submit(TEXT, voice="ryan", seed=2, ignore_eos=True, max_frames=2000)
+    _wait(lambda: engine.active_rows == 1)
+    engine.close(timeout=30)
+    assert rest.finished and rest.cancelled and len(list(rest)) < 200
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.submit(TEXT)
+
+
+def test_the_waiting_queue_is_bounded(custom):
+    with Engine(custom, max_batch=1, max_queue=1) as engine:
+        first = engine.submit(TEXT, voice="ryan", ignore_eos=True, max_frames=2000)
+        _wait(lambda: engine.active_rows == 1 and engine.queued == 0)
+        second = engine.submit(TEXT, voice="ryan", max_frames=3)
+        with pytest.raises(QueueFull):
+            engine.submit(TEXT, voice="ryan", max_frames=3)
+        first.cancel()
+        assert len(list(second)) >= 1
+
+
+def test_bad_values_fail_at_submit_and_a_failing_request_ends_alone(custom, tmp_path):
+    with Engine(custom, max_batch=4) as engine:
+        with pytest.raises(ValueError, match="unknown voice"):
+            engine.submit(TEXT, voice="nobody")
+        with pytest.raises(ValueError, match="top_p"):
+            engine.submit(TEXT, top_p=0)
+        good = engine.submit(TEXT, voice="ryan", seed=3, max_frames=10)
+        broken = tmp_path / "x.safetensors"
+        broken.write_bytes(b"not a voice file")
+        with pytest.raises(ValueError, match="Base model"):
+            engine.submit(TEXT, voice_file=broken)
+        assert len(np.concatenate(list(good))) == 10 * 1920
+
+
+def test_base_model_cloning_runs_on_the_engine_thread(model_dir, fixtures_dir, tmp_path):
+    base = load_model(model_dir("base_0b6"), dtype=mx.float32)
+    wave = np.load(fixtures_dir / "dumps" / "base_0b6" / "voice.npz")["wave"]
+    expected = synthesize(base, TEXT, ref_audio=wave, ref_text="This is the voice to speak with.", seed=5,
+                          max_frames=8).audio
+    with Engine(base, max_batch=2) as engine:
+        ok = engine.submit(TEXT, ref_audio=wave, ref_text="This is the voice to speak with.", seed=5, max_frames=8)
+        bad = engine.submit(TEXT, ref_audio=tmp_path / "missing.wav", max_frames=8)
+        np.testing.assert_array_equal(np.concatenate(list(ok)), expected)
+        with pytest.raises((OSError, ValueError)):
+            list(bad)
