@@ -41,8 +41,9 @@ def test_concurrent_submissions_from_threads_equal_their_solo_results(custom):
             t.start()
         for t in threads:
             t.join(60)
-    for got, expected in zip(out, solo):
-        np.testing.assert_array_equal(got, expected)
+    for got, expected in zip(out, solo):  # chunks at the same position share a batched codec call
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
 
 
 def test_cancel_frees_the_row_and_close_ends_the_rest(custom):

@@ -102,6 +102,9 @@ class _Job:
     rows: dict = field(default_factory=dict)  # segment -> Row
     frames: dict = field(default_factory=dict)  # segment -> frames not yet decoded
     pending: list = field(default_factory=list)  # frames of out_segment waiting for a chunk
+    chunks: list = field(default_factory=list)  # full chunks (lists of frames) waiting for the codec
+    decoded: int = 0  # chunks decoded so far
+    complete: bool = False  # every frame is in `chunks` or decoded
 
     @property
     def request(self) -> Request:
@@ -144,6 +147,7 @@ class Scheduler:
                 self._deliver(job)
             except Exception as e:  # a failure ends that request only
                 self._fail(job, e)
+        self._decode_chunks()
 
     def _drop_cancelled(self):
         for job in list(self.jobs):
@@ -197,9 +201,10 @@ class Scheduler:
                     synthesis.stats.events.append(("frame", synthesis.stats.frames + len(job.pending)))
                 if synthesis.codes_out is not None:
                     synthesis.codes_out.append(frame)
-                size = request.first_chunk_frames if synthesis.stats.first_audio_s is None else request.chunk_frames
+                size = request.first_chunk_frames if not (job.decoded or job.chunks) else request.chunk_frames
                 if len(job.pending) >= size:
-                    self._decode(job)
+                    job.chunks.append(job.pending)
+                    job.pending = []
             job.frames[segment] = []
             if not row.done:
                 return
@@ -207,8 +212,9 @@ class Scheduler:
             job.out_segment += 1
         if job.out_segment == len(request.segments):
             if job.pending:
-                self._decode(job)
-            self._close(job)
+                job.chunks.append(job.pending)
+                job.pending = []
+            job.complete = True
 
     def _segment_done(self, job: _Job, row: Row):
         stats = job.synthesis.stats
@@ -218,18 +224,46 @@ class Scheduler:
         stats.runaway |= row.stats.runaway
         del job.rows[row.segment], job.frames[row.segment]
 
-    def _decode(self, job: _Job):
+    def _decode_chunks(self):
+        """Decode every job's ready chunks in order. Chunks of jobs whose codec states are at the
+        same position and of the same length are one batched codec call (the weights are read
+        once for all of them; their states have the same shapes)."""
+        while True:
+            ready = [job for job in self.jobs if job.chunks]
+            if not ready:
+                break
+            groups = {}
+            for job in ready:
+                groups.setdefault((job.codec_state.offset, len(job.chunks[0])), []).append(job)
+            for group in groups.values():
+                try:
+                    self._decode_group(group)
+                except Exception as e:  # a codec failure ends these requests only
+                    for job in group:
+                        self._fail(job, e)
+        for job in list(self.jobs):
+            if job.complete and not job.chunks:
+                self._close(job)
+
+    def _decode_group(self, group: list[_Job]):
+        codes = mx.array(np.stack([np.stack(job.chunks[0]) for job in group]))  # [G, T, 16]
+        state = _stack_states([job.codec_state for job in group])
+        wav, state = self.model.codec(codes, state)
+        audio = np.array(wav, dtype=np.float32)
+        for i, job in enumerate(group):
+            job.codec_state = _row_of(state, i) if len(group) > 1 else state
+            self._emit(job, job.chunks.pop(0), audio[i])
+
+    def _emit(self, job: _Job, chunk: list, audio: np.ndarray):
         stats = job.synthesis.stats
-        wav, job.codec_state = self.model.codec(mx.array(np.stack(job.pending))[None], job.codec_state)
-        audio = np.array(wav[0], dtype=np.float32)
         if stats.first_audio_s is None:
             stats.first_audio_s = time.perf_counter() - job.synthesis.submitted
-            stats.frames_before_first_audio = stats.frames + len(job.pending)
-        stats.frames += len(job.pending)
+            stats.frames_before_first_audio = stats.frames + len(chunk)
+        stats.frames += len(chunk)
         stats.audio_s += len(audio) / self.model.sample_rate
         if stats.events is not None:
-            stats.events.append(("chunk", len(job.pending)))
-        job.pending = []
+            stats.events.append(("chunk", len(chunk)))
+        job.decoded += 1
         job.synthesis.chunks.put(audio)
 
     def fail_all(self, error: BaseException | None):
@@ -253,6 +287,26 @@ class Scheduler:
         synthesis.stats.peak_memory_gb = mx.get_peak_memory() / 1e9
         synthesis.finished = True
         synthesis.chunks.put(_END)
+
+
+def _stack_states(states: list):
+    """Codec states of several requests (same position, same shapes) as one batch state."""
+    first = states[0]
+    if isinstance(first, mx.array):
+        return mx.concatenate(states, axis=0)
+    if isinstance(first, tuple):
+        parts = [_stack_states([s[i] for s in states]) for i in range(len(first))]
+        return type(first)(*parts) if hasattr(first, "_fields") else tuple(parts)
+    return first  # None, or the shared integer position
+
+
+def _row_of(state, i: int):
+    if isinstance(state, mx.array):
+        return state[i:i + 1]
+    if isinstance(state, tuple):
+        parts = [_row_of(part, i) for part in state]
+        return type(state)(*parts) if hasattr(state, "_fields") else tuple(parts)
+    return state
 
 
 class QueueFull(RuntimeError):
