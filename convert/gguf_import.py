@@ -237,7 +237,8 @@ def _with_usage(f: GGUFFile, official: str, value: mx.array) -> dict:
     return out
 
 
-def _write(tmp: Path, talker: GGUFFile, codec: GGUFFile, planned: list, files: dict, progress: bool) -> int:
+def _write(tmp: Path, talker: GGUFFile, codec: GGUFFile, planned: list, files: dict, progress: bool,
+           encoders: bool) -> int:
     writer, quantized = ShardWriter(tmp), 0
     for t, ours in progress_bar(planned, progress, "talker"):
         if t.kind not in FLOAT_TYPES and should_quantize(ours, t.shape, GROUP_SIZE):
@@ -250,6 +251,8 @@ def _write(tmp: Path, talker: GGUFFile, codec: GGUFFile, planned: list, files: d
     for t, official in progress_bar(codec.tensors, progress, "codec"):
         arrays = _with_usage(codec, official, read_float(t))
         if official.startswith("encoder."):  # the voice-clone encoder is kept under official names
+            if not encoders:
+                continue
             arrays = {f"codec_encoder.{k[len('encoder.'):]}": v for k, v in arrays.items()}
         elif "._codebook." in official:
             codebooks.update(arrays)
@@ -312,6 +315,9 @@ def convert_gguf(talker_gguf: str | Path, codec_gguf: str | Path, out: str | Pat
     support = Path(tokenizer_dir) if tokenizer_dir else talker.path.parent
     cfg, st_cfg, gen, config = _rebuild_configs(talker, codec, support)
     planned = [(t, next(iter(map_hf_model_weights({official: None})))) for t, official in talker.tensors]
+    encoders = config.model_type == "base"  # only voice cloning uses the speaker and codec encoders
+    if not encoders:
+        planned = [(t, ours) for t, ours in planned if not ours.startswith("speaker_encoder.")]
     _check_modules(talker, codec, planned, config)
     if tokenizer_dir or talker.dialect.name == "hf-names":
         missing = [n for n in TOKENIZER_FILES if not (support / n).is_file()]
@@ -331,7 +337,7 @@ def convert_gguf(talker_gguf: str | Path, codec_gguf: str | Path, out: str | Pat
     dtype = "float32" if {t.kind for t, _ in talker.tensors} == {"F32"} else "bfloat16"
 
     def build(tmp):
-        quantized = _write(tmp, talker, codec, planned, files, progress)
+        quantized = _write(tmp, talker, codec, planned, files, progress, encoders)
         record = {"group_size": GROUP_SIZE, "bits": BITS, "mode": "affine"} if quantized else None
         write_config(tmp, cfg, dtype=dtype, quantization=record, source=source)
 

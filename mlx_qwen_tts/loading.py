@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from mlx_qwen_tts.models.code_predictor import CodePredictor
 from mlx_qwen_tts.config import ModelConfig, load_model_config
@@ -50,7 +51,7 @@ class Model:
     code_predictor: CodePredictor
     tokenizer: TextTokenizer
     codec: object | None = None
-    extra_weights: dict = field(default_factory=dict, repr=False)  # speaker_encoder.*, codec_encoder.*
+    extra_weights: dict = field(default_factory=dict, repr=False)  # Base only: speaker_encoder.*, codec_encoder.*
     path: Path | None = None
     quantization: dict | None = None
     compiled: dict = field(default_factory=dict, repr=False)  # traced per-frame graphs, by sampler setting
@@ -121,6 +122,49 @@ def load_strict(module, weights: dict, dtype, what: str):
     return module
 
 
+def check_shapes(module, shapes: dict, what: str) -> None:
+    """Parameter names -> shapes against the parameters `module` declares (all present, all fitting);
+    building a module allocates nothing until evaluated, so this costs no weight memory."""
+    expected = {k: tuple(v.shape) for k, v in tree_flatten(module.parameters())}
+    problems = [f"{k} has shape {s}, but the model needs {expected[k]}"
+                for k, s in shapes.items() if k in expected and s != expected[k]]
+    problems += [f"unexpected weight {k}" for k in shapes if k not in expected]
+    missing = sorted(set(expected) - set(shapes))
+    if missing:
+        problems.append(f"missing weights {', '.join(missing[:6])}" +
+                        (f" and {len(missing) - 6} more" if len(missing) > 6 else ""))
+    if problems:
+        raise ValueError(f"{what}: {'; '.join(problems[:4])}")
+
+
+def check_encoders(config: ModelConfig, weights: dict, where, with_codec: bool) -> None:
+    """Validate the voice-clone encoders' weights (names and shapes, lazily: nothing is read) against
+    the modules the config builds, so that a broken file fails at load, not at `voice create`."""
+    from mlx_qwen_tts.models.codec_encoder import CodecEncoder, MimiEncoderArgs, convert_codec_encoder_weights
+    from mlx_qwen_tts.models.speaker_encoder import SpeakerEncoder, convert_speaker_encoder_weights
+
+    def converted(prefix, convert, what):
+        try:
+            return {k: tuple(v.shape) for k, v in convert(_take(weights, prefix)).items()}
+        except ValueError as e:
+            raise ValueError(f"{where}: {what} ({prefix}*): {e}") from None
+
+    speaker = converted("speaker_encoder.", convert_speaker_encoder_weights, "speaker encoder")
+    if config.speaker_encoder is not None:
+        check_shapes(SpeakerEncoder(config.speaker_encoder), speaker, f"{where}: speaker encoder (speaker_encoder)")
+    st = config.speech_tokenizer
+    present = any(k.startswith("codec_encoder.") for k in weights)
+    if not (present or (with_codec and config.model_type == "base")):
+        return  # a snapshot loaded without its codec: voice.py reads the encoder on first use
+    if st.encoder is None:
+        if config.model_type == "base":
+            raise ValueError(f"{where}: speech_tokenizer/config.json has no encoder_config")
+        return
+    args = MimiEncoderArgs.from_config(st.encoder.raw, st.encoder_valid_num_quantizers)
+    codec = converted("codec_encoder.", lambda w: convert_codec_encoder_weights(w, args), "codec encoder")
+    check_shapes(CodecEncoder(args), codec, f"{where}: codec encoder (codec_encoder)")
+
+
 def _load_module(module, prefix, weights, quantization, dtype, where):
     apply_quantization(module, prefix, weights, quantization)
     load_strict(module, _take(weights, prefix), dtype, f"{where} ({prefix.rstrip('.')})")
@@ -138,6 +182,11 @@ def build_model(config: ModelConfig, weights: dict, folder: Path, *, quantizatio
     _load_module(talker, "talker.", weights, quantization, dtype, folder)
     _load_module(predictor, "code_predictor.", weights, quantization, dtype, folder)
     extra = {k: v for k, v in weights.items() if k.startswith(("speaker_encoder.", "codec_encoder."))}
+    check_encoders(config, extra, folder, with_codec=any(k.startswith("codec.") for k in weights))
+    if config.model_type != "base":
+        extra = {}  # folders converted before 0.1 carry encoders only voice cloning uses: validated, dropped
+    elif not any(k.startswith("speaker_encoder.") for k in extra):
+        raise ValueError(f"{folder}: this Base model has no speaker encoder weights (speaker_encoder.*)")
     model = Model(config=config, talker=talker, code_predictor=predictor, tokenizer=TextTokenizer(folder),
                   extra_weights=extra, path=folder, quantization=quantization)
     if codec:

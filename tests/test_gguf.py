@@ -276,6 +276,8 @@ def _expected(values):
 
 def _assert_holds(out, values):
     got, want = _weights(out), _expected(values)
+    if load_model_config(out).model_type != "base":  # only voice cloning uses the encoders: not converted
+        want = {k: v for k, v in want.items() if not k.startswith(("speaker_encoder.", "codec_encoder."))}
     assert sorted(got) == sorted(want)
     for k in got:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
