@@ -25,6 +25,7 @@ import numpy as np
 from .convert import ShardWriter, progress_bar, publish, write_config
 from .gguf_config import codec_config, talker_config
 from .gguf_dialects import FLOAT_TYPES, GGUFError, GGUFFile, Tensor
+from .gguf_unit_dims import codec_groups, restore_unit_dims, talker_groups
 from mlx_qwen_tts.config import ConfigError, parse_model_config
 from mlx_qwen_tts.loading import map_hf_codec_weights, map_hf_model_weights
 from mlx_qwen_tts.quantize import should_quantize
@@ -314,6 +315,8 @@ def convert_gguf(talker_gguf: str | Path, codec_gguf: str | Path, out: str | Pat
     talker, codec = GGUFFile(Path(talker_gguf), "talker"), GGUFFile(Path(codec_gguf), "codec")
     support = Path(tokenizer_dir) if tokenizer_dir else talker.path.parent
     cfg, st_cfg, gen, config = _rebuild_configs(talker, codec, support)
+    restore_unit_dims(talker, talker_groups(config))  # ggml's writer drops size-1 axes; the model tells them
+    restore_unit_dims(codec, codec_groups(config))
     planned = [(t, next(iter(map_hf_model_weights({official: None})))) for t, official in talker.tensors]
     encoders = config.model_type == "base"  # only voice cloning uses the speaker and codec encoders
     if not encoders:
