@@ -16,7 +16,8 @@ from gguf import GGMLQuantizationType as Q
 
 from mlx_qwen_tts_convert import convert_model
 from mlx_qwen_tts_convert.gguf_config import codec_config
-from mlx_qwen_tts_convert.gguf_dialects import CODEC_A, CODEC_B, TALKER_A, TALKER_B, GGUFError, GGUFFile, NameMap, read_gguf
+from mlx_qwen_tts_convert.gguf_dialects import (CODEC_A, CODEC_B, TALKER_A, TALKER_B, GGUFError, GGUFFile, NameMap,
+                                                read_gguf)
 from mlx_qwen_tts_convert.gguf_import import convert_gguf, read_float, read_quantized, repack
 from mlx_qwen_tts.config import load_model_config, parse_speech_tokenizer_config
 from mlx_qwen_tts.loading import FORMAT_KEY, load_model, map_hf_codec_weights, map_hf_model_weights, \
