@@ -120,7 +120,7 @@ def _write(source, tmp, config_json, bits, group_size, dtype, dtype_name, progre
     """Write the converted weights; `encoders` False leaves out the voice-clone encoders (speaker_encoder.*,
     codec_encoder.*), which only a Base model uses."""
     writer = ShardWriter(tmp)
-    weights = map_hf_model_weights(read_safetensors(source / "model.safetensors"))
+    weights = map_hf_model_weights(read_safetensors(source / "model.safetensors"), source / "model.safetensors")
     if not encoders:
         weights = {k: v for k, v in weights.items() if not k.startswith("speaker_encoder.")}
     quantized = 0
@@ -134,7 +134,8 @@ def _write(source, tmp, config_json, bits, group_size, dtype, dtype_name, progre
             quantized += 1
         else:
             writer.add(name, w)
-    codec = map_hf_codec_weights(read_safetensors(source / "speech_tokenizer" / "model.safetensors"))
+    st_path = source / "speech_tokenizer" / "model.safetensors"
+    codec = map_hf_codec_weights(read_safetensors(st_path), st_path)
     if not encoders:
         codec = {k: v for k, v in codec.items() if not k.startswith("codec_encoder.")}
     for name in progress_bar(sorted(codec), progress, "codec"):

@@ -36,10 +36,14 @@ def _read_audio_file(path: Path) -> tuple[np.ndarray, int]:
     if not path.is_file():
         raise FileNotFoundError(f"reference audio {path} does not exist")
     try:
-        wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as e:
+        with sf.SoundFile(str(path)) as f:
+            if f.samplerate <= 0 or f.frames > (MAX_SECONDS + 1) * f.samplerate or f.channels > 8:
+                raise ValueError(f"{path}: a {f.frames / max(f.samplerate, 1):.0f} s, {f.channels}-channel recording "
+                                 f"is not a usable reference; give 1-{MAX_SECONDS:g} s (3-10 s of clean speech "
+                                 "works best)")
+            return f.read(dtype="float32", always_2d=True), f.samplerate
+    except (sf.SoundFileError, RuntimeError, MemoryError) as e:
         raise ValueError(f"{path} is not a readable audio file ({e}); use WAV, FLAC, OGG or MP3") from None
-    return wave, rate
 
 
 def _as_float(wave) -> np.ndarray:
@@ -238,7 +242,10 @@ def load_voice(path: str | os.PathLike, model) -> VoiceClone:
         raise ValueError(f"{path} is not a voice file: {e}") from None
     if metadata.get("format") != VOICE_FORMAT:
         raise ValueError(f"{path} is not an mlx-qwen-tts voice file")
-    if int(metadata.get("format_version", 0)) > VOICE_FORMAT_VERSION:
+    version = metadata.get("format_version", "0")
+    if not (version.isascii() and version.isdigit()):
+        raise ValueError(f"{path}: format_version {version!r:.20} is not a version number")
+    if int(version) > VOICE_FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer mlx-qwen-tts; upgrade to read it")
     _require_base(model)
     if metadata.get("model_fingerprint") != model_fingerprint(model):
@@ -248,7 +255,12 @@ def load_voice(path: str | os.PathLike, model) -> VoiceClone:
     codes = tensors.get("ref_codes")
     if "xvector" not in tensors or (codes is None) != (ref_text is None):
         raise ValueError(f"{path} is incomplete: it needs an x-vector, and reference codes with their text")
-    if codes is not None and (codes.ndim != 2 or not codes.size or codes.shape[1] != model.config.num_code_groups
+    xvector = tensors["xvector"]
+    if xvector.shape != (model.config.speaker_encoder.enc_dim,) or xvector.dtype.kind != "f" \
+            or not np.isfinite(xvector).all():
+        raise ValueError(f"{path}: the x-vector ({xvector.dtype}, shape {xvector.shape}) does not fit this model")
+    if codes is not None and (codes.dtype.kind not in "iu" or codes.ndim != 2 or not codes.size
+                              or codes.shape[1] != model.config.num_code_groups
                               or codes.min() < 0 or codes.max() >= model.config.codebook_size):
         raise ValueError(f"{path}: reference codes of shape {codes.shape} do not fit this model")
     return VoiceClone(xvector=mx.array(tensors["xvector"]),
