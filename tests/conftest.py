@@ -1,6 +1,6 @@
 """Shared fixtures: the tiny official models and reference dumps built by tests/reference/.
 
-They are built once (about 3 minutes on 2 CPU cores, progress printed as `[fixtures]` lines) by the
+They are built once (3 CPU-minutes; 3-8 min on 2 shared cores; progress as `[fixtures]` lines) by the
 official qwen-tts in .venv-ref and cached in tests/.fixtures; a change to tests/reference/ rebuilds
 them. `python tests/conftest.py` builds them outside pytest (tests/run.sh does, before pytest). A
 missing reference environment is an error, never a skip: every parity claim rests on it.
@@ -11,8 +11,11 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +36,7 @@ def _harness_digest():
     return h.hexdigest()
 
 
+CASE_LINE = re.compile(r"\s+\w+/\w+: ")
 _PYTEST_CONFIG = None  # set while pytest runs: progress lines then bypass its output capture
 
 
@@ -60,13 +64,21 @@ def ensure_fixtures():
     tmp = FIXTURES.with_name(FIXTURES.name + ".tmp")
     subprocess.run(["rm", "-rf", str(tmp)], check=True)
     start = time.monotonic()
-    _progress(f"[fixtures] building the official reference fixtures in {FIXTURES} (about 3 min, once)")
+    _progress(f"[fixtures] building the official reference fixtures in {FIXTURES} (3-8 min, once)")
     proc = subprocess.Popen([str(REF_PYTHON), "-u", str(REFERENCE / "build_fixtures.py"), str(tmp)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail = collections.deque(maxlen=60)
-    for line in proc.stdout:
+    lines, tail = queue.Queue(), collections.deque(maxlen=60)
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=30)
+        except queue.Empty:  # the builder prints a variant's cases only once all are dumped
+            _progress(f"[fixtures] {time.monotonic() - start:5.0f} s still building")
+            continue
+        if line is None:
+            break
         tail.append(line)
-        if line.startswith("  "):  # one line per reference case the builder dumps
+        if CASE_LINE.match(line):  # one line per reference case ("  variant/case: ...")
             _progress(f"[fixtures] {time.monotonic() - start:5.0f} s {line.strip()}")
     if proc.wait() != 0:
         raise RuntimeError("building the reference fixtures failed:\n" + "".join(tail))

@@ -33,6 +33,7 @@ def test_run_sh_build_prints_a_line_per_case(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("[fixtures]")]
     assert any("customvoice_0b6/en_ryan_nonstream" in line for line in lines)
     assert any("base_0b6/icl_stream" in line for line in lines) and lines[-1].startswith("[fixtures] done")
+    assert not any("chatter" in line for line in lines)  # only the case lines
     assert (tmp_path / "fixtures" / "stamp.json").is_file()
 
 
