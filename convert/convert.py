@@ -85,9 +85,10 @@ def convert_model(source: str | Path, out: str | Path, *, bits: int | None = 8, 
     check_output(out, [source], overwrite=overwrite)
     config_json = json.loads((source / "config.json").read_text(encoding="utf-8")) \
         if (source / "config.json").is_file() else None
-    load_model_config(source)  # validates the whole configuration before any work
+    config = load_model_config(source)  # validates the whole configuration before any work
+    encoders = config.model_type == "base"  # only voice cloning uses them
     return publish(out, lambda tmp: _write(source, tmp, config_json, bits, group_size, DTYPES[dtype], dtype,
-                                           progress), overwrite=overwrite)
+                                           progress, encoders), overwrite=overwrite)
 
 
 def is_our_output(folder: Path) -> bool:
@@ -170,9 +171,13 @@ def write_config(folder: Path, config_json: dict, *, dtype: str, quantization: d
     (folder / "config.json").write_text(json.dumps(config_json, indent=2, ensure_ascii=False))
 
 
-def _write(source, tmp, config_json, bits, group_size, dtype, dtype_name, progress):
+def _write(source, tmp, config_json, bits, group_size, dtype, dtype_name, progress, encoders):
+    """Write the converted weights; `encoders` False leaves out the voice-clone encoders (speaker_encoder.*,
+    codec_encoder.*), which only a Base model uses."""
     writer = ShardWriter(tmp)
-    weights = map_hf_model_weights(read_safetensors(source / "model.safetensors"))
+    weights = map_hf_model_weights(read_safetensors(source / "model.safetensors"), source / "model.safetensors")
+    if not encoders:
+        weights = {k: v for k, v in weights.items() if not k.startswith("speaker_encoder.")}
     quantized = 0
     for name in progress_bar(sorted(weights), progress, "talker"):
         w = weights.pop(name)  # drop each source tensor once written: memory stays near one shard
@@ -184,7 +189,10 @@ def _write(source, tmp, config_json, bits, group_size, dtype, dtype_name, progre
             quantized += 1
         else:
             writer.add(name, w)
-    codec = map_hf_codec_weights(read_safetensors(source / "speech_tokenizer" / "model.safetensors"))
+    st_path = source / "speech_tokenizer" / "model.safetensors"
+    codec = map_hf_codec_weights(read_safetensors(st_path), st_path)
+    if not encoders:
+        codec = {k: v for k, v in codec.items() if not k.startswith("codec_encoder.")}
     for name in progress_bar(sorted(codec), progress, "codec"):
         writer.add(name, codec.pop(name))
     writer.finish()

@@ -203,7 +203,11 @@ class _Facts:
     def dim(self, name: str, axis: int) -> int:
         if name not in self.shapes:
             raise GGUFError(f"{self.where}: tensor {self.gguf_names.get(name, name)} is missing")
-        return int(self.shapes[name][axis])
+        shape = self.shapes[name]
+        if axis >= len(shape):
+            raise GGUFError(f"{self.where}: tensor {self.gguf_names.get(name, name)} has shape {tuple(shape)}; "
+                            f"expected at least {axis + 1} dimensions")
+        return int(shape[axis])
 
     def count(self, prefix: str) -> int:
         found = {int(m.group(1)) for n in self.shapes if (m := re.match(re.escape(prefix) + r"(\d+)\.", n))}

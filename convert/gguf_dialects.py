@@ -12,6 +12,7 @@ gguf-py's GGUFReader takes ~10 s per file to index the 150k-entry vocabulary arr
 
 from __future__ import annotations
 
+import math
 import mmap
 import re
 import struct
@@ -132,8 +133,8 @@ SEANET_B = {**_wb("init_", "layers.0.conv.", "w", "b"), **_wb("final_", "layers.
                 **_wb(f"blk.{s}.exp_", f"layers.{3 * s + 1}.block.3.conv.", "w", "b"),
                 **_wb(f"ds.{s}.", f"layers.{3 * s + 3}.conv.", "w", "b")}.items()}}
 CODEC_B = {
-    f"codec.dec.rvq_first.codebook": f"{DEC_RVQ}first.vq.layers.0._codebook.embedding_sum",
-    f"codec.dec.rvq_rest.#.codebook": f"{DEC_RVQ}rest.vq.layers.#._codebook.embedding_sum",
+    "codec.dec.rvq_first.codebook": f"{DEC_RVQ}first.vq.layers.0._codebook.embedding_sum",
+    "codec.dec.rvq_rest.#.codebook": f"{DEC_RVQ}rest.vq.layers.#._codebook.embedding_sum",
     **{f"codec.dec.rvq_{q}.out_proj_w": f"{DEC_RVQ}{q}.output_proj.weight" for q in ("first", "rest")},
     **_wb("codec.dec.pre_conv_", "decoder.pre_conv.conv.", "w", "b"),
     **_wb("codec.dec.xfmr.in_proj_", "decoder.pre_transformer.input_proj.", "w", "b"),
@@ -309,6 +310,8 @@ def read_gguf(path: Path) -> tuple[dict, list[Tensor]]:
         name, dims = c.string(), c.take("<I")
         infos.append((name, tuple(c.take("<Q") for _ in range(dims))[::-1], c.take("<I"), c.take("<Q")))
     align = meta.get("general.alignment", 32)
+    if isinstance(align, bool) or not isinstance(align, int) or not 0 < align <= 1 << 20:
+        raise GGUFError(f"{path}: general.alignment {align!r:.40} is not a positive byte count")
     start = -(-c.pos // align) * align
     tensors = []
     for name, shape, type_id, offset in infos:
@@ -320,13 +323,15 @@ def read_gguf(path: Path) -> tuple[dict, list[Tensor]]:
             raise GGUFError(f"{path}: tensor {name} has type {kind}, which is not supported "
                             f"({', '.join(FLOAT_TYPES + BLOCK_TYPES)})")
         block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
+        if not all(0 < d < 2 ** 31 for d in shape):  # ggml's ne are >= 1; MLX holds int32 dimensions
+            raise GGUFError(f"{path}: tensor {name} has impossible dimensions {shape}")
         if not shape or shape[-1] % block:
             raise GGUFError(f"{path}: tensor {name} {shape} does not split into {kind} blocks of {block}")
-        n_bytes = int(np.prod(shape)) // block * size
+        n_bytes = math.prod(shape) // block * size
         if start + offset + n_bytes > len(buf):
             raise GGUFError(f"{path} is truncated: tensor {name} ends past the end of the file")
         if kind in _NUMPY:
-            data = np.frombuffer(buf, _NUMPY[kind], int(np.prod(shape)), start + offset).reshape(shape)
+            data = np.frombuffer(buf, _NUMPY[kind], math.prod(shape), start + offset).reshape(shape)
         else:
             data = np.frombuffer(buf, np.uint8, n_bytes, start + offset).reshape(*shape[:-1], -1)
         tensors.append(Tensor(name, kind, shape, data))
@@ -341,7 +346,7 @@ class GGUFFile:
             raise FileNotFoundError(f"{path} is missing (the {role} GGUF)")
         try:
             self.metadata, tensors = read_gguf(path)
-        except (struct.error, UnicodeDecodeError, KeyError, ValueError) as e:
+        except (struct.error, UnicodeDecodeError, KeyError, ValueError, RecursionError) as e:
             if isinstance(e, GGUFError):
                 raise
             raise GGUFError(f"{path} is not a readable GGUF file (truncated or corrupt?): {e}") from None

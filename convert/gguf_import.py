@@ -25,6 +25,7 @@ import numpy as np
 from .convert import ShardWriter, check_output, progress_bar, publish, write_config
 from .gguf_config import codec_config, talker_config
 from .gguf_dialects import FLOAT_TYPES, GGUFError, GGUFFile, Tensor
+from .gguf_unit_dims import codec_groups, restore_unit_dims, talker_groups
 from mlx_qwen_tts.config import ConfigError, parse_model_config
 from mlx_qwen_tts.loading import map_hf_codec_weights, map_hf_model_weights
 from mlx_qwen_tts.quantize import should_quantize
@@ -237,7 +238,8 @@ def _with_usage(f: GGUFFile, official: str, value: mx.array) -> dict:
     return out
 
 
-def _write(tmp: Path, talker: GGUFFile, codec: GGUFFile, planned: list, files: dict, progress: bool) -> int:
+def _write(tmp: Path, talker: GGUFFile, codec: GGUFFile, planned: list, files: dict, progress: bool,
+           encoders: bool) -> int:
     writer, quantized = ShardWriter(tmp), 0
     for t, ours in progress_bar(planned, progress, "talker"):
         if t.kind not in FLOAT_TYPES and should_quantize(ours, t.shape, GROUP_SIZE):
@@ -250,6 +252,8 @@ def _write(tmp: Path, talker: GGUFFile, codec: GGUFFile, planned: list, files: d
     for t, official in progress_bar(codec.tensors, progress, "codec"):
         arrays = _with_usage(codec, official, read_float(t))
         if official.startswith("encoder."):  # the voice-clone encoder is kept under official names
+            if not encoders:
+                continue
             arrays = {f"codec_encoder.{k[len('encoder.'):]}": v for k, v in arrays.items()}
         elif "._codebook." in official:
             codebooks.update(arrays)
@@ -310,7 +314,12 @@ def convert_gguf(talker_gguf: str | Path, codec_gguf: str | Path, out: str | Pat
     talker, codec = GGUFFile(Path(talker_gguf), "talker"), GGUFFile(Path(codec_gguf), "codec")
     support = Path(tokenizer_dir) if tokenizer_dir else talker.path.parent
     cfg, st_cfg, gen, config = _rebuild_configs(talker, codec, support)
+    restore_unit_dims(talker, talker_groups(config))  # ggml's writer drops size-1 axes; the model tells them
+    restore_unit_dims(codec, codec_groups(config))
     planned = [(t, next(iter(map_hf_model_weights({official: None})))) for t, official in talker.tensors]
+    encoders = config.model_type == "base"  # only voice cloning uses the speaker and codec encoders
+    if not encoders:
+        planned = [(t, ours) for t, ours in planned if not ours.startswith("speaker_encoder.")]
     _check_modules(talker, codec, planned, config)
     if tokenizer_dir or talker.dialect.name == "hf-names":
         missing = [n for n in TOKENIZER_FILES if not (support / n).is_file()]
@@ -330,7 +339,7 @@ def convert_gguf(talker_gguf: str | Path, codec_gguf: str | Path, out: str | Pat
     dtype = "float32" if {t.kind for t, _ in talker.tensors} == {"F32"} else "bfloat16"
 
     def build(tmp):
-        quantized = _write(tmp, talker, codec, planned, files, progress)
+        quantized = _write(tmp, talker, codec, planned, files, progress, encoders)
         record = {"group_size": GROUP_SIZE, "bits": BITS, "mode": "affine"} if quantized else None
         write_config(tmp, cfg, dtype=dtype, quantization=record, source=source)
 

@@ -13,47 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A model folder's configuration is missing, unreadable or inconsistent."""
-
-
-class _Reader:
-    """Reads keys from one JSON object and names the file and path in every error."""
-
-    def __init__(self, data: dict, where: str):
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: expected a JSON object")
-        self.data, self.where = data, where
-
-    def req(self, key: str, kind=None):
-        if key not in self.data or self.data[key] is None:
-            raise ConfigError(f"{self.where}: required field '{key}' is missing")
-        return self._check(key, self.data[key], kind)
-
-    def opt(self, key: str, default, kind=None):
-        value = self.data.get(key)
-        return default if value is None else self._check(key, value, kind)
-
-    def sub(self, key: str, required=True) -> "_Reader | None":
-        if self.data.get(key) is None:
-            if required:
-                raise ConfigError(f"{self.where}: required section '{key}' is missing")
-            return None
-        return _Reader(self.data[key], f"{self.where}:{key}")
-
-    def _check(self, key, value, kind):
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"{self.where}: field '{key}' must be an integer, got {value!r}")
-        if kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{self.where}: field '{key}' must be a number, got {value!r}")
-            return float(value)
-        if kind is list and not isinstance(value, list):
-            raise ConfigError(f"{self.where}: field '{key}' must be a list, got {value!r}")
-        if kind is dict and not isinstance(value, dict):
-            raise ConfigError(f"{self.where}: field '{key}' must be an object, got {value!r}")
-        return value
+from mlx_qwen_tts.config_fields import POSITIVE, SIZES, ConfigError, _Reader
 
 
 @dataclass(frozen=True)
@@ -73,15 +33,15 @@ class TransformerConfig:
 
     @classmethod
     def read(cls, r: _Reader, default_theta: float) -> "TransformerConfig":
-        heads = r.req("num_attention_heads", int)
-        hidden = r.req("hidden_size", int)
-        kv = r.req("num_key_value_heads", int)
-        cfg = cls(hidden_size=hidden, intermediate_size=r.req("intermediate_size", int),
-                  num_hidden_layers=r.req("num_hidden_layers", int), num_attention_heads=heads,
-                  num_key_value_heads=kv, head_dim=r.opt("head_dim", hidden // heads, int),
-                  vocab_size=r.req("vocab_size", int), rms_norm_eps=r.opt("rms_norm_eps", 1e-6, float),
+        heads = r.req("num_attention_heads", POSITIVE)
+        hidden = r.req("hidden_size", POSITIVE)
+        kv = r.req("num_key_value_heads", POSITIVE)
+        cfg = cls(hidden_size=hidden, intermediate_size=r.req("intermediate_size", POSITIVE),
+                  num_hidden_layers=r.req("num_hidden_layers", POSITIVE), num_attention_heads=heads,
+                  num_key_value_heads=kv, head_dim=r.opt("head_dim", max(hidden // heads, 1), POSITIVE),
+                  vocab_size=r.req("vocab_size", POSITIVE), rms_norm_eps=r.opt("rms_norm_eps", 1e-6, float),
                   rope_theta=r.opt("rope_theta", default_theta, float),
-                  max_position_embeddings=r.opt("max_position_embeddings", 32768, int))
+                  max_position_embeddings=r.opt("max_position_embeddings", 32768, POSITIVE))
         if heads % kv:
             raise ConfigError(f"{r.where}: num_attention_heads {heads} is not a multiple of "
                               f"num_key_value_heads {kv}")
@@ -120,14 +80,14 @@ class SpeakerEncoderConfig:
 
     @classmethod
     def read(cls, r: _Reader) -> "SpeakerEncoderConfig":
-        cfg = cls(mel_dim=r.opt("mel_dim", 128, int), enc_dim=r.req("enc_dim", int),
-                  channels=tuple(r.opt("enc_channels", [512, 512, 512, 512, 1536], list)),
-                  kernel_sizes=tuple(r.opt("enc_kernel_sizes", [5, 3, 3, 3, 1], list)),
-                  dilations=tuple(r.opt("enc_dilations", [1, 2, 3, 4, 1], list)),
-                  attention_channels=r.opt("enc_attention_channels", 128, int),
-                  res2net_scale=r.opt("enc_res2net_scale", 8, int),
-                  se_channels=r.opt("enc_se_channels", 128, int),
-                  sample_rate=r.opt("sample_rate", 24000, int))
+        cfg = cls(mel_dim=r.opt("mel_dim", 128, POSITIVE), enc_dim=r.req("enc_dim", POSITIVE),
+                  channels=tuple(r.opt("enc_channels", [512, 512, 512, 512, 1536], SIZES)),
+                  kernel_sizes=tuple(r.opt("enc_kernel_sizes", [5, 3, 3, 3, 1], SIZES)),
+                  dilations=tuple(r.opt("enc_dilations", [1, 2, 3, 4, 1], SIZES)),
+                  attention_channels=r.opt("enc_attention_channels", 128, POSITIVE),
+                  res2net_scale=r.opt("enc_res2net_scale", 8, POSITIVE),
+                  se_channels=r.opt("enc_se_channels", 128, POSITIVE),
+                  sample_rate=r.opt("sample_rate", 24000, POSITIVE))
         if not len(cfg.channels) == len(cfg.kernel_sizes) == len(cfg.dilations) == 5:
             raise ConfigError(f"{r.where}: enc_channels, enc_kernel_sizes and enc_dilations need 5 entries")
         if cfg.channels[1] % cfg.res2net_scale:
@@ -157,18 +117,19 @@ class CodecDecoderConfig:
 
     @classmethod
     def read(cls, r: _Reader) -> "CodecDecoderConfig":
-        heads = r.opt("num_attention_heads", 16, int)
-        hidden = r.opt("hidden_size", 1024, int)
-        return cls(codebook_size=r.opt("codebook_size", 2048, int), codebook_dim=r.req("codebook_dim", int),
-                   latent_dim=r.opt("latent_dim", 1024, int), decoder_dim=r.opt("decoder_dim", 1536, int),
-                   hidden_size=hidden, intermediate_size=r.opt("intermediate_size", 3072, int),
-                   num_hidden_layers=r.opt("num_hidden_layers", 8, int), num_attention_heads=heads,
-                   num_key_value_heads=r.opt("num_key_value_heads", 16, int),
-                   head_dim=r.opt("head_dim", hidden // heads, int),
+        P = POSITIVE
+        heads = r.opt("num_attention_heads", 16, P)
+        hidden = r.opt("hidden_size", 1024, P)
+        return cls(codebook_size=r.opt("codebook_size", 2048, P), codebook_dim=r.req("codebook_dim", P),
+                   latent_dim=r.opt("latent_dim", 1024, P), decoder_dim=r.opt("decoder_dim", 1536, P),
+                   hidden_size=hidden, intermediate_size=r.opt("intermediate_size", 3072, P),
+                   num_hidden_layers=r.opt("num_hidden_layers", 8, P), num_attention_heads=heads,
+                   num_key_value_heads=r.opt("num_key_value_heads", 16, P),
+                   head_dim=r.opt("head_dim", max(hidden // heads, 1), P),
                    rms_norm_eps=r.opt("rms_norm_eps", 1e-5, float), rope_theta=r.opt("rope_theta", 10000, float),
-                   sliding_window=r.opt("sliding_window", 72, int), num_quantizers=r.opt("num_quantizers", 16, int),
-                   upsample_rates=tuple(r.opt("upsample_rates", [8, 5, 4, 3], list)),
-                   upsampling_ratios=tuple(r.opt("upsampling_ratios", [2, 2], list)))
+                   sliding_window=r.opt("sliding_window", 72, P), num_quantizers=r.opt("num_quantizers", 16, P),
+                   upsample_rates=tuple(r.opt("upsample_rates", [8, 5, 4, 3], SIZES)),
+                   upsampling_ratios=tuple(r.opt("upsampling_ratios", [2, 2], SIZES)))
 
     @property
     def samples_per_frame(self) -> int:
@@ -276,8 +237,8 @@ def _read_json(path: Path) -> dict:
         raise ConfigError(f"{path} is missing: not a Qwen3-TTS model folder?")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is not readable JSON: {e}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not readable JSON: {e}") from None
 
 
 def _ids_in(where, mapping, low, high, what):
@@ -286,7 +247,9 @@ def _ids_in(where, mapping, low, high, what):
             raise ConfigError(f"{where}: {what} '{name}' has id {value!r}, outside [{low}, {high})")
 
 
-def parse_model_config(cfg: dict, st_cfg: dict, gen_cfg: dict | None, where: str = "config.json") -> ModelConfig:
+def parse_model_config(cfg: dict, st_cfg: dict, gen_cfg: dict | None, where: str = "config.json",
+                       st_where: str = "speech_tokenizer/config.json",
+                       gen_where: str = "generation_config.json") -> ModelConfig:
     root = _Reader(cfg, where)
     if root.opt("model_type", "qwen3_tts") != "qwen3_tts":
         raise ConfigError(f"{where}: model_type is {cfg.get('model_type')!r}, expected 'qwen3_tts'")
@@ -299,11 +262,12 @@ def parse_model_config(cfg: dict, st_cfg: dict, gen_cfg: dict | None, where: str
     t = root.sub("talker_config")
     talker = TransformerConfig.read(t, 1e6)
     code_predictor = TransformerConfig.read(t.sub("code_predictor_config"), 1e6)
-    groups = t.req("num_code_groups", int)
-    cp_groups = t.sub("code_predictor_config").opt("num_code_groups", groups, int)
+    groups = t.req("num_code_groups", POSITIVE)
+    cp_groups = t.sub("code_predictor_config").opt("num_code_groups", groups, POSITIVE)
     if cp_groups != groups:
         raise ConfigError(f"{where}: talker num_code_groups {groups} != code predictor's {cp_groups}")
     rope = t.opt("rope_scaling", {}, dict)
+    _Reader(rope, f"{where}:talker_config.rope_scaling").opt("mrope_section", None, SIZES)
     if rope.get("mrope_section") and sum(rope["mrope_section"]) != talker.head_dim // 2:
         raise ConfigError(f"{where}: talker_config.rope_scaling.mrope_section {rope['mrope_section']} "
                           f"must sum to head_dim/2 = {talker.head_dim // 2}")
@@ -330,6 +294,9 @@ def parse_model_config(cfg: dict, st_cfg: dict, gen_cfg: dict | None, where: str
     _ids_in(f"{where}:talker_config.spk_id", speakers, codebook, vocab, "speaker")
     dialects = {k.lower(): v for k, v in t.opt("spk_is_dialect", {}, dict).items()}
     for name in speakers:
+        if name in dialects and dialects[name] not in (None, False) and not isinstance(dialects[name], str):
+            raise ConfigError(f"{where}: talker_config.spk_is_dialect['{name}'] must be a language name or "
+                              f"false, got {dialects[name]!r:.40}")
         if name not in dialects:
             raise ConfigError(f"{where}: talker_config.spk_is_dialect has no entry for speaker '{name}'")
         if dialects[name] and dialects[name] not in languages:
@@ -341,14 +308,14 @@ def parse_model_config(cfg: dict, st_cfg: dict, gen_cfg: dict | None, where: str
         if speaker_encoder.enc_dim != talker.hidden_size:
             raise ConfigError(f"{where}: speaker_encoder_config.enc_dim {speaker_encoder.enc_dim} must equal "
                               f"the talker hidden size {talker.hidden_size}")
-    speech_tokenizer = parse_speech_tokenizer_config(st_cfg, "speech_tokenizer/config.json")
+    speech_tokenizer = parse_speech_tokenizer_config(st_cfg, st_where)
     if speech_tokenizer.decoder.num_quantizers != groups:
-        raise ConfigError(f"speech_tokenizer/config.json: decoder num_quantizers "
+        raise ConfigError(f"{st_where}: decoder num_quantizers "
                           f"{speech_tokenizer.decoder.num_quantizers} != talker num_code_groups {groups}")
     if speech_tokenizer.decoder.codebook_size != codebook:
-        raise ConfigError(f"speech_tokenizer/config.json: codebook_size {speech_tokenizer.decoder.codebook_size}"
+        raise ConfigError(f"{st_where}: codebook_size {speech_tokenizer.decoder.codebook_size}"
                           f" != code predictor vocab_size {codebook}")
-    generation = GenerationConfig.read(_Reader(gen_cfg or {}, "generation_config.json"))
+    generation = GenerationConfig.read(_Reader({} if gen_cfg is None else gen_cfg, gen_where))
     return ModelConfig(model_type=model_type, model_size=root.opt("tts_model_size", "", str), talker=talker,
                        code_predictor=code_predictor, text_vocab_size=text_vocab,
                        text_hidden_size=t.req("text_hidden_size", int), num_code_groups=groups, ids=ids,
@@ -356,27 +323,45 @@ def parse_model_config(cfg: dict, st_cfg: dict, gen_cfg: dict | None, where: str
                        speaker_encoder=speaker_encoder, speech_tokenizer=speech_tokenizer, generation=generation)
 
 
+ENCODER_SIZES = ("kernel_size", "residual_kernel_size", "last_kernel_size", "num_residual_layers",
+                 "dilation_growth_rate", "compress", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                 "head_dim", "intermediate_size", "sampling_rate", "num_semantic_quantizers",
+                 "vector_quantization_hidden_dimension")
+
+
 def parse_speech_tokenizer_config(cfg: dict, where: str) -> SpeechTokenizerConfig:
     root = _Reader(cfg, where)
     decoder = CodecDecoderConfig.read(root.sub("decoder_config"))
-    upsample = root.opt("decode_upsample_rate", 1920, int)
+    upsample = root.opt("decode_upsample_rate", 1920, POSITIVE)
     if decoder.samples_per_frame != upsample:
         raise ConfigError(f"{where}: decoder rates give {decoder.samples_per_frame} samples per frame but "
                           f"decode_upsample_rate is {upsample}")
     enc = root.sub("encoder_config", required=False)
     encoder = None
     if enc is not None:
+        for key in ENCODER_SIZES:  # what the voice-clone encoder (models/codec_encoder.py) is built from
+            enc.opt(key, None, POSITIVE)
+        for key in ("norm_eps", "rope_theta", "_frame_rate"):
+            enc.opt(key, None, float)
         encoder = CodecEncoderConfig(
-            raw=dict(enc.data), num_filters=enc.opt("num_filters", 64, int),
-            hidden_size=enc.opt("hidden_size", 512, int),
-            upsampling_ratios=tuple(enc.opt("upsampling_ratios", [8, 6, 5, 4], list)),
-            num_quantizers=enc.opt("num_quantizers", 32, int), codebook_size=enc.opt("codebook_size", 2048, int),
-            codebook_dim=enc.opt("codebook_dim", 256, int))
+            raw=dict(enc.data), num_filters=enc.opt("num_filters", 64, POSITIVE),
+            hidden_size=enc.opt("hidden_size", 512, POSITIVE),
+            upsampling_ratios=tuple(enc.opt("upsampling_ratios", [8, 6, 5, 4], SIZES)),
+            num_quantizers=enc.opt("num_quantizers", 32, POSITIVE),
+            codebook_size=enc.opt("codebook_size", 2048, POSITIVE), codebook_dim=enc.opt("codebook_dim", 256, POSITIVE))
+    valid = root.opt("encoder_valid_num_quantizers", 16, POSITIVE)
+    if encoder is not None:
+        from mlx_qwen_tts.models.codec_encoder import MimiEncoderArgs  # its own checks, at load time
+
+        try:
+            MimiEncoderArgs.from_config(encoder.raw, valid)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
     return SpeechTokenizerConfig(decoder=decoder, encoder=encoder,
-                                 sample_rate=root.opt("output_sample_rate", 24000, int),
+                                 sample_rate=root.opt("output_sample_rate", 24000, POSITIVE),
                                  decode_upsample_rate=upsample,
-                                 encode_downsample_rate=root.opt("encode_downsample_rate", 1920, int),
-                                 encoder_valid_num_quantizers=root.opt("encoder_valid_num_quantizers", 16, int))
+                                 encode_downsample_rate=root.opt("encode_downsample_rate", 1920, POSITIVE),
+                                 encoder_valid_num_quantizers=valid)
 
 
 def load_model_config(folder: str | Path) -> ModelConfig:
@@ -384,11 +369,9 @@ def load_model_config(folder: str | Path) -> ModelConfig:
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder")
-    gen_path = folder / "generation_config.json"
-    return parse_model_config(_read_json(folder / "config.json"),
-                              _read_json(folder / "speech_tokenizer" / "config.json"),
-                              _read_json(gen_path) if gen_path.exists() else None,
-                              where=str(folder / "config.json"))
+    paths = [folder / "config.json", folder / "speech_tokenizer" / "config.json", folder / "generation_config.json"]
+    return parse_model_config(_read_json(paths[0]), _read_json(paths[1]),
+                              _read_json(paths[2]) if paths[2].exists() else None, *map(str, paths))
 
 
 def config_summary(cfg: ModelConfig) -> dict[str, Any]:

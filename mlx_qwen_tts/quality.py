@@ -9,6 +9,12 @@ argmax codes under teacher forcing are decoded and compared with the float codes
 Thresholds: mean KL <= 0.02 and top-5 >= 97 % (a peer's published gate for 8-bit Qwen3-TTS);
 top-1 >= 90 % because near-tied random choices legitimately flip. SNR is reported, not gated:
 one flipped code changes a whole 80 ms frame, so SNR measures tie-breaking more than accuracy.
+
+The reference must be the float source of the quantized model: `check_reference` compares a
+fingerprint (model type and size, the shape-giving config, every talker and code-predictor tensor's
+logical shape) and refuses a quantized reference. Base models have no built-in voice: both models get
+the same x-vector, the float model's speaker encoder run on a fixed synthetic tone (`gate_voice`), so
+the gate compares the talkers under a realistic speaker embedding without needing a recording.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten
 
 from mlx_qwen_tts.engine.generate import GenerationSettings, generate_frames
 from mlx_qwen_tts.engine.prompt import build_prompt, codes_embedding
@@ -91,13 +99,80 @@ def _snr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref ** 2) / noise))
 
 
+def _describe(model) -> str:
+    cfg = model.config
+    bits = f"{model.quantization['bits']}-bit " if model.quantization else "float "
+    return f"{bits}{cfg.model_size} {cfg.model_type} model {model.path}"
+
+
+def fingerprint(model) -> dict:
+    """What a model's float source shares with it: the shape-giving config and, for every talker and
+    code-predictor tensor, its logical shape (a quantized weight counts as the matrix it packs)."""
+    cfg = model.config
+    shapes = {}
+    for prefix, module in (("talker.", model.talker), ("code_predictor.", model.code_predictor)):
+        packed = {name: m.bits for name, m in module.named_modules()
+                  if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))}
+        for name, value in tree_flatten(module.parameters()):
+            owner, _, leaf = name.rpartition(".")
+            if owner in packed and leaf in ("scales", "biases"):
+                continue
+            shape = tuple(value.shape)
+            if owner in packed and leaf == "weight":
+                shape = (*shape[:-1], shape[-1] * 32 // packed[owner])
+            shapes[prefix + name] = shape
+    return {"model_type": cfg.model_type, "model_size": cfg.model_size, "talker": cfg.talker,
+            "code_predictor": cfg.code_predictor, "text": (cfg.text_vocab_size, cfg.text_hidden_size),
+            "ids": cfg.ids, "speakers": cfg.speakers, "languages": cfg.languages, "shapes": shapes}
+
+
+def check_reference(float_model, quant_model) -> None:
+    """A one-line ValueError unless `float_model` is the unquantized source of `quant_model`."""
+    if float_model.quantization:
+        raise ValueError(f"the reference {float_model.path} is quantized "
+                         f"({float_model.quantization['bits']}-bit); give the float model "
+                         f"{quant_model.path} was converted from")
+    a, b = fingerprint(float_model), fingerprint(quant_model)
+    hint = f"the reference is a {_describe(float_model)}, but the model checked is a {_describe(quant_model)}"
+    if (a["model_type"], a["model_size"]) != (b["model_type"], b["model_size"]):
+        raise ValueError(f"{hint}; give the float model it was converted from")
+    differ = [k for k in a if k != "shapes" and a[k] != b[k]]
+    if differ:
+        raise ValueError(f"{hint}, and their configs differ in {', '.join(differ)}; give the float model it "
+                         "was converted from")
+    sa, sb = a["shapes"], b["shapes"]
+    diff = sorted(set(sa) ^ set(sb)) or [k for k in sorted(sa) if sa[k] != sb[k]]
+    if diff:
+        k = diff[0]
+        raise ValueError(f"{hint}, and tensor {k} has shape {sa.get(k, 'none')} in the reference but "
+                         f"{sb.get(k, 'none')} in {quant_model.path}; give the float model it was converted from")
+
+
+GATE_TONE_HZ, GATE_TONE_SECONDS = 180.0, 3.0
+
+
+def gate_voice(float_model):
+    """Base models: an x-vector-only clone from the float model's speaker encoder on a synthetic voiced
+    tone (a 180 Hz harmonic series with slow vibrato), the same for both models of the pair."""
+    from mlx_qwen_tts.voice import SAMPLE_RATE, make_voice_clone
+
+    t = np.arange(int(GATE_TONE_SECONDS * SAMPLE_RATE)) / SAMPLE_RATE
+    phase = 2 * np.pi * GATE_TONE_HZ * (t + 0.02 * np.sin(2 * np.pi * 5 * t) / (2 * np.pi * 5))
+    wave = sum(np.sin(k * phase) / k for k in range(1, 8))
+    wave = (0.3 * wave / np.abs(wave).max()).astype(np.float32)
+    return make_voice_clone(float_model, (wave, SAMPLE_RATE))
+
+
 def quality_gate(float_model, quant_model, *, frames: int = 40, voice=None) -> GateReport:
+    """Teacher-forced comparison of `quant_model` with `float_model`, its float source (checked first)."""
+    check_reference(float_model, quant_model)
     cfg = float_model.config
+    clone = gate_voice(float_model) if cfg.model_type == "base" else None
     suppress, _ = code0_bias(cfg.talker.vocab_size, cfg.ids.codec_eos)
     tl_ref, tl_q, pl_ref, pl_q, audio_ref, audio_q = [], [], [], [], [], []
     settings = GenerationSettings.from_config(cfg.generation, greedy=True, max_frames=frames)
     for text, language in GATE_PROMPTS:
-        kwargs = dict(voice=voice, language=language if language in cfg.languages else "auto")
+        kwargs = dict(voice=voice, language=language if language in cfg.languages else "auto", clone=clone)
         p_ref = build_prompt(float_model, text, **kwargs)
         codes = mx.stack(list(generate_frames(float_model, p_ref, settings)))
         t_ref, c_ref = teacher_forced_logits(float_model, p_ref, codes)

@@ -12,6 +12,9 @@ differ only on CamelCase runs, combining marks and "/" after punctuation; we kee
 from __future__ import annotations
 
 import json
+import re
+import string
+import threading
 from pathlib import Path
 
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -19,7 +22,8 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 
 
 class TextTokenizer:
-    """encode(text) -> list of ids, special tokens such as <|im_start|> recognised in the text."""
+    """encode(markup) -> ids with special tokens such as <|im_start|> recognised; encode_text(text) and
+    encode_template(template, **fields) keep user text as text (a typed <|im_end|> is just characters)."""
 
     def __init__(self, folder: str | Path):
         from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
@@ -55,9 +59,41 @@ class TextTokenizer:
                 raise ValueError(f"{files[2]}: added token {spec['content']!r} is declared as id {token_id} "
                                  f"but lands at {got}; is vocab.json complete?")
         self._tok = tok
+        self._lock = threading.Lock()
+        specials = sorted((t.content for t in tok.get_added_tokens_decoder().values()), key=len, reverse=True)
+        self._special = re.compile("|".join(map(re.escape, specials)))
 
     def encode(self, text: str) -> list[int]:
+        """Markup: special tokens written in `text` become their control ids."""
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Plain text: special-token strings in `text` are encoded as ordinary characters."""
+        with self._lock:  # the switch lives on the shared tokenizer object
+            self._tok.encode_special_tokens = True
+            try:
+                return self._tok.encode(text, add_special_tokens=False).ids
+            finally:
+                self._tok.encode_special_tokens = False
+
+    def encode_template(self, template: str, **fields: str) -> list[int]:
+        """`template`'s own special tokens as control ids, its {fields} (user text) as plain text.
+
+        The text between two template markers is encoded as one piece, exactly as `encode` splits it,
+        so text without special-token strings gets the ids `encode(template.format(**fields))` gives."""
+        ids, pending = [], ""
+        for literal, field, _, _ in string.Formatter().parse(template):
+            pos = 0
+            for m in self._special.finditer(literal):
+                pending += literal[pos:m.start()]
+                if pending:
+                    ids += self.encode_text(pending)
+                ids.append(self._tok.token_to_id(m.group()))
+                pending, pos = "", m.end()
+            pending += literal[pos:]
+            if field is not None:
+                pending += fields[field]
+        return ids + (self.encode_text(pending) if pending else [])
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False)

@@ -39,10 +39,14 @@ def _read_audio_file(path: Path) -> tuple[np.ndarray, int]:
     if not path.is_file():
         raise FileNotFoundError(f"reference audio {path} does not exist")
     try:
-        wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as e:
+        with sf.SoundFile(str(path)) as f:
+            if f.samplerate <= 0 or f.frames > (MAX_SECONDS + 1) * f.samplerate or f.channels > 8:
+                raise ValueError(f"{path}: a {f.frames / max(f.samplerate, 1):.0f} s, {f.channels}-channel recording "
+                                 f"is not a usable reference; give 1-{MAX_SECONDS:g} s (3-10 s of clean speech "
+                                 "works best)")
+            return f.read(dtype="float32", always_2d=True), f.samplerate
+    except (sf.SoundFileError, RuntimeError, MemoryError) as e:
         raise ValueError(f"{path} is not a readable audio file ({e}); use WAV, FLAC, OGG or MP3") from None
-    return wave, rate
 
 
 def _as_float(wave) -> np.ndarray:
@@ -282,8 +286,8 @@ def load_voice(path: str | os.PathLike, model) -> VoiceClone:
     if metadata.get("format") != VOICE_FORMAT:
         raise ValueError(f"{path} is not an mlx-qwen-tts voice file")
     version = str(metadata.get("format_version", "0"))
-    if not version.isdigit():
-        raise ValueError(f"{path}: format_version {version!r} is not a number")
+    if not (version.isascii() and version.isdigit()):
+        raise ValueError(f"{path}: format_version {version!r:.20} is not a version number")
     if int(version) > VOICE_FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer mlx-qwen-tts; upgrade to read it")
     _require_base(model)

@@ -1,15 +1,22 @@
 """Shared fixtures: the tiny official models and reference dumps built by tests/reference/.
 
-They are built once (about 30 s) by the official qwen-tts in .venv-ref and cached in
-tests/.fixtures; a change to tests/reference/ rebuilds them. A missing reference environment
-is an error, never a skip: every parity claim rests on it.
+They are built once (3 CPU-minutes; 3-8 min on 2 shared cores; progress as `[fixtures]` lines) by the
+official qwen-tts in .venv-ref and cached in tests/.fixtures; a change to tests/reference/ rebuilds
+them. `python tests/conftest.py` builds them outside pytest (tests/run.sh does, before pytest). A
+missing reference environment is an error, never a skip: every parity claim rests on it.
 """
 
+import collections
+import contextlib
 import hashlib
 import json
 import os
+import queue
+import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +36,23 @@ def _harness_digest():
     return h.hexdigest()
 
 
+CASE_LINE = re.compile(r"\s+\w+/\w+: ")
+_PYTEST_CONFIG = None  # set while pytest runs: progress lines then bypass its output capture
+
+
+def pytest_configure(config):
+    global _PYTEST_CONFIG
+    _PYTEST_CONFIG = config
+
+
+def _progress(line: str):
+    capman = _PYTEST_CONFIG.pluginmanager.getplugin("capturemanager") if _PYTEST_CONFIG else None
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        print(line, file=sys.stderr, flush=True)
+
+
 def ensure_fixtures():
+    """The fixtures folder, built first if missing or stale (its progress streamed as `[fixtures]` lines)."""
     stamp = FIXTURES / "stamp.json"
     digest = _harness_digest()
     if stamp.exists() and json.loads(stamp.read_text()).get("digest") == digest:
@@ -40,13 +63,29 @@ def ensure_fixtures():
             "run `bash tests/run.sh`, which creates it and builds the fixtures")
     tmp = FIXTURES.with_name(FIXTURES.name + ".tmp")
     subprocess.run(["rm", "-rf", str(tmp)], check=True)
-    proc = subprocess.run([str(REF_PYTHON), str(REFERENCE / "build_fixtures.py"), str(tmp)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"building the reference fixtures failed:\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    start = time.monotonic()
+    _progress(f"[fixtures] building the official reference fixtures in {FIXTURES} (3-8 min, once)")
+    proc = subprocess.Popen([str(REF_PYTHON), "-u", str(REFERENCE / "build_fixtures.py"), str(tmp)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, tail = queue.Queue(), collections.deque(maxlen=60)
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=30)
+        except queue.Empty:  # the builder prints a variant's cases only once all are dumped
+            _progress(f"[fixtures] {time.monotonic() - start:5.0f} s still building")
+            continue
+        if line is None:
+            break
+        tail.append(line)
+        if CASE_LINE.match(line):  # one line per reference case ("  variant/case: ...")
+            _progress(f"[fixtures] {time.monotonic() - start:5.0f} s {line.strip()}")
+    if proc.wait() != 0:
+        raise RuntimeError("building the reference fixtures failed:\n" + "".join(tail))
     (tmp / "stamp.json").write_text(json.dumps({"digest": digest}))
     subprocess.run(["rm", "-rf", str(FIXTURES)], check=True)
     tmp.rename(FIXTURES)
+    _progress(f"[fixtures] done in {time.monotonic() - start:.0f} s")
     return FIXTURES
 
 
@@ -67,3 +106,7 @@ def load_cases(fixtures_dir, variant):
     folder = fixtures_dir / "dumps" / variant
     meta = json.loads((folder / "cases.json").read_text())
     return [(name, args, dict(np.load(folder / f"{name}.npz"))) for name, args in meta.items()]
+
+
+if __name__ == "__main__":  # tests/run.sh: build (or confirm) the fixtures with their progress shown
+    ensure_fixtures()

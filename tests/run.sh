@@ -34,6 +34,9 @@ fi
 OPENBLAS=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0
 if [ -f "$OPENBLAS" ]; then export LD_PRELOAD="$OPENBLAS${LD_PRELOAD:+:$LD_PRELOAD}"; fi
 
+# The fixtures first, with their progress on screen (pytest would hold the builder's output back).
+.venv/bin/python tests/conftest.py
+
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -80,13 +80,32 @@ def test_short_reference_is_a_clear_error(base_model, tmp_path):
     assert_one_line_error(result, "too short")
 
 
-def test_check_quant_passes_8bit_and_fails_on_a_mismatched_reference(model_dir, tmp_path):
-    src = model_dir("customvoice_1b7")
-    q8 = convert_model(src, tmp_path / "q8", bits=8, group_size=32, dtype="float32")
-    result = run("check-quant", q8, "--reference", src, "--frames", 12)
+@pytest.fixture(scope="module")
+def q8(model_dir, tmp_path_factory):
+    return convert_model(model_dir("customvoice_1b7"), tmp_path_factory.mktemp("q8") / "q8", bits=8, group_size=32,
+                         dtype="float32")
+
+
+def test_check_quant_passes_8bit(model_dir, q8):
+    result = run("check-quant", q8, "--reference", model_dir("customvoice_1b7"), "--frames", 12)
     assert result.exit_code == 0 and "PASS" in result.output, result.output
-    other = run("check-quant", q8, "--reference", model_dir("voicedesign_1b7"), "--frames", 12, "--json")
-    assert other.exit_code == 1 and '"passed": false' in other.output
+
+
+@pytest.mark.parametrize("reference, needles", [
+    ("q8", ["is quantized (8-bit)", "give the float model"]),
+    ("customvoice_0b6", ["0b6 custom_voice", "1b7 custom_voice"]),
+    ("voicedesign_1b7", ["1b7 voice_design", "1b7 custom_voice"]),
+])
+def test_check_quant_says_what_is_wrong_with_the_reference(model_dir, q8, reference, needles):
+    ref = q8 if reference == "q8" else model_dir(reference)
+    assert_one_line_error(run("check-quant", q8, "--reference", ref, "--frames", 4), str(ref), *needles)
+
+
+def test_check_quant_gates_a_base_model(model_dir, tmp_path):
+    src = model_dir("base_0b6")
+    q8 = convert_model(src, tmp_path / "bq8", bits=8, group_size=32, dtype="float32")
+    result = run("check-quant", q8, "--reference", src, "--frames", 12, "--json")
+    assert result.exit_code == 0 and '"passed": true' in result.output, result.output
 
 
 def test_gguf_talker_needs_its_codec(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import VARIANTS, load_cases
 from mlx_qwen_tts.engine.generate import GenerationSettings, GenerationStats, generate_frames
-from mlx_qwen_tts.engine.prompt import VoiceClone, build_prompt
+from mlx_qwen_tts.engine.prompt import INSTRUCT_TEMPLATE, TEXT_TEMPLATE, VoiceClone, build_prompt
 from mlx_qwen_tts.loading import load_model
 from mlx_qwen_tts.quality import teacher_forced_logits
 from mlx_qwen_tts.tokenizer import TextTokenizer
@@ -47,10 +47,10 @@ def pytest_generate_tests(metafunc):
 def test_tokenization_matches_official_processor(model_dir, case):
     variant, _, args, ref = case
     tok = TextTokenizer(model_dir(variant))
-    ids = tok.encode(f"<|im_start|>assistant\n{args['text']}<|im_end|>\n<|im_start|>assistant\n")
-    assert ids == ref["input_ids"].tolist()
+    # The prompt's own path: template markers as control ids, the user's text as plain text.
+    assert tok.encode_template(TEXT_TEMPLATE, text=args["text"]) == ref["input_ids"].tolist()
     if args["instruct"]:
-        assert tok.encode(f"<|im_start|>user\n{args['instruct']}<|im_end|>\n") == ref["instruct_ids"].tolist()
+        assert tok.encode_template(INSTRUCT_TEMPLATE, instruct=args["instruct"]) == ref["instruct_ids"].tolist()
 
 
 def test_greedy_generation_matches_official(models, fixtures_dir, case):

@@ -68,6 +68,12 @@ def codec_prefix(cfg: ModelConfig, language: str, voice: str | None) -> list[int
     return [ids.codec_think, ids.codec_think_bos, lang_id, ids.codec_think_eos]
 
 
+# The chat templates; their markers are control tokens, the {fields} are user text (never markup).
+TEXT_TEMPLATE = "<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n"
+INSTRUCT_TEMPLATE = "<|im_start|>user\n{instruct}<|im_end|>\n"
+REF_TEMPLATE = "<|im_start|>assistant\n{text}<|im_end|>\n"
+
+
 def _ids(values) -> mx.array:
     return mx.array(np.asarray(values, dtype=np.int32))[None]
 
@@ -91,7 +97,7 @@ def build_prompt(model, text: str, *, voice: str | None = None, language: str = 
                       stacklevel=2)
         instruct = None
 
-    text_ids = tok.encode(f"<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n")
+    text_ids = tok.encode_template(TEXT_TEMPLATE, text=text)
     role, body = text_ids[:3], text_ids[3:-5]
     if not body:
         raise ValueError("text produced no tokens")
@@ -108,13 +114,13 @@ def build_prompt(model, text: str, *, voice: str | None = None, language: str = 
     text_track = mx.concatenate([mx.repeat(tts_pad, n - 2, axis=1), tts_bos], axis=1)
     parts = [P(_ids(role)), text_track + codec[:, :-1]]
     if instruct:
-        parts.insert(0, P(_ids(tok.encode(f"<|im_start|>user\n{instruct}<|im_end|>\n"))))
+        parts.insert(0, P(_ids(tok.encode_template(INSTRUCT_TEMPLATE, instruct=instruct))))
 
     ref_frames = 0
     if clone is not None and clone.ref_codes is not None:
         if not clone.ref_text:
             raise ValueError("in-context cloning needs the reference text (ref_text)")
-        ref_ids = tok.encode(f"<|im_start|>assistant\n{clone.ref_text}<|im_end|>\n")[3:-2]
+        ref_ids = tok.encode_template(REF_TEMPLATE, text=clone.ref_text)[3:-2]
         part, trailing = _icl_part(model, ref_ids + body, clone.ref_codes, tts_eos, tts_pad, non_streaming_text)
         parts.append(part)
         ref_frames = clone.ref_codes.shape[0]

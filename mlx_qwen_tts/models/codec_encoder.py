@@ -50,6 +50,7 @@ class MimiEncoderArgs:
             if raw.get(key, value) != value:
                 raise ValueError(f"speech_tokenizer encoder_config.{key} = {raw[key]!r} is not supported "
                                  f"(only {value!r})")
+        raw = {k: v for k, v in raw.items() if v is not None}  # null means the default, as in MimiConfig
         heads = raw.get("num_attention_heads", 8)
         hidden = raw.get("hidden_size", 512)
         vq_dim = raw.get("vector_quantization_hidden_dimension", 256)
