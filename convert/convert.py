@@ -17,6 +17,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlx_qwen_tts.atomic import pid_alive, remove_stale, temp_folder, user_paths
+from mlx_qwen_tts.tokenizer import BUILT_FILE, TextTokenizer
 from mlx_qwen_tts.config import load_model_config
 from mlx_qwen_tts.loading import (FORMAT_KEY, FORMAT_VERSION, is_converted, load_model, map_hf_codec_weights,
                                   map_hf_model_weights, read_safetensors)
@@ -165,7 +166,9 @@ def publish(out: Path, build, *, overwrite: bool = False) -> Path:
 
 
 def write_config(folder: Path, config_json: dict, *, dtype: str, quantization: dict | None, source: dict):
-    """config.json with the converted-folder marker that `load_model` reads."""
+    """config.json with the converted-folder marker that `load_model` reads, and the built text
+    tokenizer (from the folder's tokenizer files, written before this) for a fast load."""
+    TextTokenizer(folder).save(folder / BUILT_FILE)
     config_json = {**config_json, FORMAT_KEY: {"format_version": FORMAT_VERSION, "dtype": dtype,
                                                "quantization": quantization, "source": source}}
     (folder / "config.json").write_text(json.dumps(config_json, indent=2, ensure_ascii=False))

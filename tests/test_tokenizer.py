@@ -59,3 +59,17 @@ def test_template_ids_equal_markup_ids_for_ordinary_text(model_dir):
     for text in ["Hello, world.", " leading space", "\n\nnewlines first", "Привет {braces} 你好", "x" * 300]:
         template = "<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n"
         assert tok.encode_template(template, text=text) == tok.encode(template.format(text=text))
+
+
+def test_a_converted_folder_loads_the_built_tokenizer_with_the_same_ids(model_dir, tmp_path):
+    from mlx_qwen_tts.tokenizer import BUILT_FILE
+    from mlx_qwen_tts_convert import convert_model
+
+    source = model_dir("customvoice_0b6")
+    out = convert_model(source, tmp_path / "conv", bits=None, dtype="float32", progress=False)
+    assert (out / BUILT_FILE).is_file() and not (source / BUILT_FILE).exists()
+    built, from_vocab = TextTokenizer(out), TextTokenizer(source)
+    for text in ["<|im_start|>assistant\nHello, мир! 你好 <|im_end|>\n", "Typed <tts_text_eod> stays text.",
+                 "CamelCase and 3.14 and \u0301 marks"]:
+        assert built.encode(text) == from_vocab.encode(text)
+        assert built.encode_text(text) == from_vocab.encode_text(text)
