@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("talker.layers.", "talker.text_projection.", "code_predictor.layers.",
           "code_predictor.small_to_mtp_projection.")
 HEADS = ("talker.codec_head.", "code_predictor.lm_head.")
-SETS = {"layers": LAYERS, "+heads": LAYERS + HEADS, "+heads+text_embedding": LAYERS + HEADS + ("talker.text_embedding.",),
+SETS = {"layers": LAYERS, "+heads": LAYERS + HEADS,
+        "+heads+text_embedding": LAYERS + HEADS + ("talker.text_embedding.",),
         "+every_embedding": LAYERS + HEADS + ("talker.text_embedding.", "talker.codec_embedding.",
                                               "code_predictor.codec_embedding.")}
 

@@ -240,7 +240,8 @@ def chart(records, path: Path):
         axes[1].bar(x, p * scale, bottom=t * scale, color=color)
         if (r["side"], r["shape"], r["precision"]) in floors:
             axes[1].hlines(floors[(r["side"], r["shape"], r["precision"])], x - 0.4, x + 0.4, colors="k")
-    axes[1].set(title="Real shapes: ours one step; official talker (light) + predictor; black: floor", ylabel="ms per frame",
+    axes[1].set(title="Real shapes: ours one step; official talker (light) + predictor; black: floor",
+                ylabel="ms per frame",
                 xticks=range(len(real)),
                 xticklabels=[f"{r['shape']}\n{r['side']}\n{r['precision']}" for r in real])
     axes[1].tick_params(axis="x", labelsize=7)

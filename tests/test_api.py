@@ -79,10 +79,12 @@ def test_stream_rejects_bad_options(custom):
 def test_bfloat16_weights_run_end_to_end(model_dir, fixtures_dir):
     """The GPU default dtype (bf16 talker, float32 codec) works through every path."""
     for variant, kwargs in [("customvoice_1b7", dict(voice="aiden", instruct="Calm.")),
-                            ("base_0b6", dict(ref_audio=np.load(fixtures_dir / "dumps" / "base_0b6" / "voice.npz")["wave"],
+                            ("base_0b6", dict(ref_audio=np.load(fixtures_dir / "dumps" / "base_0b6"
+                                                                / "voice.npz")["wave"],
                                               ref_text="This is the voice to speak with."))]:
         model = load_model(model_dir(variant), dtype=mx.bfloat16)
-        assert model.talker.norm.weight.dtype == mx.bfloat16 and all(v.dtype == mx.float32 for _, v in tree_flatten(model.codec.parameters()))
+        assert model.talker.norm.weight.dtype == mx.bfloat16
+        assert all(v.dtype == mx.float32 for _, v in tree_flatten(model.codec.parameters()))
         result = synthesize(model, "Hello world.", seed=0, max_frames=4, **kwargs)
         assert result.audio.dtype == np.float32 and np.isfinite(result.audio).all()
         assert len(result.audio) == len(result.codes) * 1920 and 2 <= len(result.codes) <= 4

@@ -210,7 +210,8 @@ def test_a_long_prompt_and_a_long_generation_match_an_independent_loop(custom):
     long_prompt = build_prompt(custom, long_text, voice="ryan")
     assert long_prompt.embeds.shape[1] > 256
     np.testing.assert_array_equal(codes[1], _reference_greedy(custom, long_prompt, 6))
-    np.testing.assert_array_equal(codes[0], _reference_greedy(custom, build_prompt(custom, "Short.", voice="ryan"), 300))
+    short_prompt = build_prompt(custom, "Short.", voice="ryan")
+    np.testing.assert_array_equal(codes[0], _reference_greedy(custom, short_prompt, 300))
 
 
 def test_eight_different_sampler_settings_share_one_compiled_step(models):

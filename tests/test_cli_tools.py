@@ -132,7 +132,8 @@ def test_voices_create_checks_its_output_before_any_model_work(reference_wav, tm
     assert_one_line_error(create(tmp_path), "is a folder")
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(48000, np.float32), 24000)
-    result = run("voices", "create", "--ref-audio", silent, "--model", tmp_path / "nope", "-o", tmp_path / "v.safetensors")
+    result = run("voices", "create", "--ref-audio", silent, "--model", tmp_path / "nope",
+                 "-o", tmp_path / "v.safetensors")
     assert_one_line_error(result, "silent")
 
 

@@ -114,7 +114,8 @@ def check_quant(quantized, reference, frames, as_json):
     else:
         for part in ("talker", "predictor"):
             click.echo(f"{part:9s}: mean KL {getattr(report, part + '_kl'):.5f}, top-1 "
-                       f"{100 * getattr(report, part + '_top1'):.1f} %, top-5 {100 * getattr(report, part + '_top5'):.1f} %")
+                       f"{100 * getattr(report, part + '_top1'):.1f} %, "
+                       f"top-5 {100 * getattr(report, part + '_top5'):.1f} %")
         click.echo(f"decoded SNR: {report.snr_db:.1f} dB over {report.frames} frames (reported, not gated)")
         click.echo(f"gate (KL <= {THRESHOLDS['kl_max']}, top-1 >= {THRESHOLDS['top1_min']:.0%}, top-5 >= "
                    f"{THRESHOLDS['top5_min']:.0%}): {'PASS' if report.passed else 'FAIL'}")
