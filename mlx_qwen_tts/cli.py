@@ -358,6 +358,8 @@ def voice_create(ref_audio, ref_text, model, out, device):
 
 
 main.add_command(convert_command)
+from mlx_qwen_tts.server.cli import serve  # noqa: E402 (click only; the server loads inside)
+main.add_command(serve)
 
 
 if __name__ == "__main__":
