@@ -48,8 +48,10 @@ def _validation_message(errors) -> tuple[str, str | None, str]:
     loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
     if e.get("type") == "json_invalid":
         return f"the body is not valid JSON ({_one_line(e.get('msg', ''))})", None, "invalid_json"
-    param = ".".join(loc) or None
+    param = loc[0] if loc else None  # the top-level field (a union adds its member names)
     kind = e.get("type", "")
+    if param == "voice" and kind != "missing":
+        return 'voice must be a voice name or an object {"id": name}', param, "invalid_type"
     if kind == "missing":
         return f"{param or 'body'} is required", param, "missing_required_parameter"
     if kind == "extra_forbidden":
