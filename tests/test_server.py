@@ -226,3 +226,122 @@ def test_malformed_bodies_and_unknown_routes(server, client):
     assert_openai_error(httpx.post(f"{server.url}/v1/audio/voices", files={"audio": b"x"}, data={"name": "v"}), 400)
     with pytest.raises(openai.BadRequestError, match="speed is not supported"):
         client.audio.speech.create(model="tts-1", voice="ryan", input="Hi.", speed=2.0)
+
+
+# -- auth and the queue limit -----------------------------------------------------------------------
+
+def test_api_key_and_the_queue_limit(start_server, model_dir):
+    # The key from the environment; one row and one waiting request at most.
+    server = start_server(model_dir("customvoice_0b6"), "--max-batch", 1, "--max-queue", 1,
+                          env={"MLX_QWEN_TTS_API_KEY": "sekret"})
+    url, key = server.url, {"Authorization": "Bearer sekret"}
+    assert httpx.get(f"{url}/health").status_code == 200  # no key needed
+    for method, path in [("GET", "/v1/models"), ("GET", "/v1/audio/voices"), ("POST", "/v1/audio/speech"),
+                         ("POST", "/v1/audio/voices"), ("DELETE", "/v1/audio/voices/x")]:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sekret"}):
+            r = httpx.request(method, f"{url}{path}", headers=headers, json={"input": "Hi."})
+            assert assert_openai_error(r, 401)["type"] == "authentication_error"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="sekret", max_retries=0, timeout=60)
+    assert client.models.list().data
+
+    body = {"input": TEXT, "response_format": "pcm", **LONG}
+    with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, headers=key, timeout=60) as a:
+        next(a_chunks := a.iter_raw())
+        assert health(server)["active_rows"] == 1
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            def waiting_request():
+                with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, headers=key, timeout=60) as b:
+                    return b.status_code, len(next(b.iter_raw()))
+            b = pool.submit(waiting_request)
+            wait_for(lambda: health(server)["queued"] == 1, 20, "the second request to wait")
+            r = httpx.post(f"{url}/v1/audio/speech", json=body, headers=key, timeout=30)
+            error = assert_openai_error(r, 429)
+            assert error["type"] == "rate_limit_error" and r.headers["retry-after"] == "1"
+            with pytest.raises(openai.RateLimitError):
+                client.audio.speech.create(model="tts-1", voice="vivian", input=TEXT)
+            a_chunks.close()
+            a.close()  # hang up: the waiting request gets the row
+            assert b.result(timeout=60) == (200, 2 * 2 * SAMPLES_PER_FRAME)
+    wait_for(lambda: health(server)["active_rows"] == 0 and health(server)["queued"] == 0, 20, "an idle server")
+
+
+# -- the voice registry (Base model) ----------------------------------------------------------------
+
+REF_TEXT = "This is the voice to speak with."
+
+
+def wav_bytes(wave, rate=24000):
+    buf = io.BytesIO()
+    sf.write(buf, wave, rate, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def test_registered_voices_survive_a_restart_and_sigterm_finishes_requests(start_server, model_dir, fixtures_dir,
+                                                                           tmp_path):
+    wave = np.load(fixtures_dir / "dumps" / "base_0b6" / "voice.npz")["wave"].astype(np.float32)
+    base = load_model(model_dir("base_0b6"), dtype=mx.float32)
+    want = np.clip(synthesize(base, TEXT, ref_audio=wave, ref_text=REF_TEXT, greedy=True, max_frames=FRAMES).audio,
+                   -1, 1)
+    voices_dir = tmp_path / "voices"
+    server = start_server(model_dir("base_0b6"), "--voices-dir", voices_dir)
+    url = server.url
+    voices = httpx.get(f"{url}/v1/audio/voices").json()
+    assert voices["voice_cloning"] is True and voices["registered"] == [] and voices["registry"] is True
+    error = assert_openai_error(httpx.post(f"{url}/v1/audio/speech", json={"input": "Hi."}), 400, "voice")
+    assert "POST /v1/audio/voices" in error["message"]
+
+    def register(name, audio=wav_bytes(wave), ref_text=REF_TEXT):
+        data = {"name": name} if ref_text is None else {"name": name, "ref_text": ref_text}
+        return httpx.post(f"{url}/v1/audio/voices", data=data, files={"audio": ("ref.wav", audio)}, timeout=60)
+
+    r = register("narrator")
+    assert r.status_code == 201 and r.json()["mode"] == "in_context" and r.json()["id"] == "narrator"
+    assert register("plain", ref_text=None).json()["mode"] == "x_vector"
+    assert_openai_error(register("narrator"), 409, "name")
+    for name in ("../evil", "a/b", "a.b", "", "x" * 65):
+        assert_openai_error(register(name), 400, "name")
+    assert "too short" in assert_openai_error(register("short", wav_bytes(wave[:12000])), 400, "audio")["message"]
+    assert_openai_error(register("junk", b"not audio at all" * 100), 400, "audio")
+    assert_openai_error(register("big", b"\0" * (10 * 2**20 + 1)), 413, "audio")
+    assert sorted(p.name for p in voices_dir.iterdir()) == ["narrator.safetensors", "plain.safetensors"]
+
+    def say(voice, **extra):
+        r = httpx.post(f"{url}/v1/audio/speech", timeout=60, json={
+            "input": TEXT, "voice": voice, "response_format": "pcm", "greedy": True, "max_frames": FRAMES, **extra})
+        assert r.status_code == 200, r.text
+        return r.content
+
+    spoken = say("narrator")
+    np.testing.assert_allclose(pcm(spoken), want, atol=INT16, rtol=0)
+    assert say({"id": "narrator"}) == spoken and say("plain") != spoken
+
+    # SIGTERM with a request in flight: it is finished, then the server exits 0.
+    with httpx.stream("POST", f"{url}/v1/audio/speech", timeout=60, json={
+            "input": TEXT, "voice": "narrator", "response_format": "pcm", "greedy": True,
+            "max_frames": FRAMES}) as r:
+        chunks = r.iter_raw()
+        first = next(chunks)
+        server.proc.terminate()
+        assert first + b"".join(chunks) == spoken
+    assert server.proc.wait(timeout=30) == 0
+    assert "Shutting down" in server.log()
+
+    server = start_server(model_dir("base_0b6"), "--voices-dir", voices_dir)
+    url = server.url
+    assert [v["id"] for v in httpx.get(f"{url}/v1/audio/voices").json()["registered"]] == ["narrator", "plain"]
+    assert say("narrator") == spoken
+    assert httpx.delete(f"{url}/v1/audio/voices/narrator").json() == {"id": "narrator", "object": "voice",
+                                                                     "deleted": True}
+    assert_openai_error(httpx.delete(f"{url}/v1/audio/voices/narrator"), 404)
+    assert_openai_error(httpx.delete(f"{url}/v1/audio/voices/a.b"), 400, "name")
+    assert httpx.delete(f"{url}/v1/audio/voices/..%2F..%2Fvoices%2Fplain").status_code in (400, 404)
+    assert "valid voices: plain" in assert_openai_error(
+        httpx.post(f"{url}/v1/audio/speech", json={"input": "Hi.", "voice": "narrator"}), 400, "voice")["message"]
+    assert sorted(p.name for p in voices_dir.iterdir()) == ["plain.safetensors"]
+
+
+def test_the_registry_needs_a_base_model(server):
+    r = httpx.post(f"{server.url}/v1/audio/voices", data={"name": "v"}, files={"audio": ("a.wav", b"x")})
+    assert "Base model" in assert_openai_error(r, 400)["message"]

@@ -6,6 +6,7 @@ Only click is imported at module level: `mlx-qwen-tts --help` works without the 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,13 @@ def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_ori
     with user_errors():
         folder = resolve_model(model)
         tts = load_model(folder, dtype=mx.float32 if device == "cpu" else None)
+    if tts.config.model_type == "base":
+        # Build (and evaluate) both voice encoders here: their lazily loaded weights belong to this
+        # thread's MLX stream, and evaluating them first on the engine thread fails.
+        from mlx_qwen_tts.voice import model_fingerprint
+
+        with user_errors():
+            model_fingerprint(tts)
     engine = ServingEngine(tts, max_batch=max_batch, max_queue=max_queue)
     try:
         with user_errors():
@@ -106,6 +114,10 @@ def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_ori
     config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=GRACE_S, lifespan="on")
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it is done; with these handlers in place
+    # that is a no-op, so a graceful stop exits 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     try:
         server.run()
     finally:
