@@ -342,6 +342,17 @@ def test_registered_voices_survive_a_restart_and_sigterm_finishes_requests(start
         httpx.post(f"{url}/v1/audio/speech", json={"input": "Hi.", "voice": "narrator"}), 400, "voice")["message"]
     assert sorted(p.name for p in voices_dir.iterdir()) == ["plain.safetensors"]
 
+    # A failure inside generation (a voice file broken behind the server's back) ends that request
+    # with a 5xx OpenAI error, and nothing else.
+    (voices_dir / "plain.safetensors").write_bytes(b"broken")
+    for extra in ({}, {"stream_format": "sse"}):
+        r = httpx.post(f"{url}/v1/audio/speech", timeout=60, json={"input": "Hi.", "voice": "plain", **extra})
+        error = assert_openai_error(r, 500)
+        assert error["type"] == "server_error" and error["message"].startswith("generation failed: ")
+    assert register("again").status_code == 201
+    np.testing.assert_allclose(pcm(say("again")), want, atol=INT16, rtol=0)
+    assert health(server)["active_rows"] == 0
+
 
 def test_the_registry_needs_a_base_model(server):
     r = httpx.post(f"{server.url}/v1/audio/voices", data={"name": "v"}, files={"audio": ("a.wav", b"x")})
