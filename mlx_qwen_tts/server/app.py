@@ -40,6 +40,7 @@ class ServerState:
     cors_origins: list = field(default_factory=list)
     created: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
+    ignore_eos: bool = False  # benchmarks only: every request runs to max_frames
 
     def voice_names(self) -> list[str]:
         return list(self.model.config.speaker_names) + (self.registry.names() if self.registry.enabled else [])

@@ -61,10 +61,11 @@ def _logger(level: str) -> logging.Logger:
               help="Allow browser calls from this origin (repeatable; '*' for any). CORS is off by default.")
 @click.option("--max-input-chars", default=4096, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", type=click.Choice(["gpu", "cpu"]), help="Where MLX runs [default: gpu if available].")
+@click.option("--ignore-eos", is_flag=True, hidden=True, help="Benchmarks: never stop before max_frames.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_origins, max_input_chars, device,
-          log_level):
+          ignore_eos, log_level):
     """Serve OpenAI-compatible text to speech (POST /v1/audio/speech) with a playground at /."""
     from mlx_qwen_tts.cli import select_device, user_errors
 
@@ -108,7 +109,7 @@ def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_ori
                     tts.config.model_type)
     state = ServerState(model=tts, engine=engine, registry=registry, model_id=str(model), api_key=api_key or None,
                         max_input_chars=max_input_chars, cors_origins=list(cors_origins), max_batch=max_batch,
-                        max_queue=max_queue, ready=True)
+                        max_queue=max_queue, ready=True, ignore_eos=ignore_eos)
     log.info("model %s (%s) on %s loaded and warmed up in %.1f s (warm-up %.2f s); %d registered voices",
              model, tts.config.model_type, device, time.perf_counter() - started, warm, len(registry.names()))
     config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level, access_log=False,

@@ -143,7 +143,7 @@ async def speech(state, request: Request, body: SpeechRequest):
             body.input, language=body.language, instruct=body.instructions, greedy=body.greedy, seed=body.seed,
             non_streaming_text=body.non_streaming_text, max_frames=body.max_frames,
             temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
-            first_chunk_frames=FIRST_CHUNK_FRAMES, chunk_frames=CHUNK_FRAMES, **kwargs)
+            first_chunk_frames=FIRST_CHUNK_FRAMES, chunk_frames=CHUNK_FRAMES, ignore_eos=state.ignore_eos, **kwargs)
     except QueueFull as e:
         raise ApiError(429, f"the server is busy ({e}); retry shortly", code="queue_full",
                        headers={"Retry-After": "1"}) from None
