@@ -172,6 +172,9 @@ def test_models_voices_and_health(client, server):
     assert "ryan" in voices["speakers"] and "english" in voices["languages"] and voices["voice_cloning"] is False
     assert {"id": "ryan", "name": "ryan", "type": "speaker"} in voices["voices"]
     assert health(server) == {**health(server), "ready": True, "active_rows": 0, "queued": 0}
+    preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in httpx.options(f"{server.url}/v1/audio/speech",
+                                                               headers=preflight).headers  # CORS is off
 
 
 # -- errors -----------------------------------------------------------------------------------------
@@ -234,8 +237,14 @@ def test_malformed_bodies_and_unknown_routes(server, client):
 def test_api_key_and_the_queue_limit(start_server, model_dir):
     # The key from the environment; one row and one waiting request at most.
     server = start_server(model_dir("customvoice_0b6"), "--max-batch", 1, "--max-queue", 1,
-                          env={"MLX_QWEN_TTS_API_KEY": "sekret"})
+                          "--cors-origin", "http://app.example", env={"MLX_QWEN_TTS_API_KEY": "sekret"})
     url, key = server.url, {"Authorization": "Bearer sekret"}
+    preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    r = httpx.options(f"{url}/v1/audio/speech", headers=preflight)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.example"
+    r = httpx.options(f"{url}/v1/audio/speech", headers={**preflight, "Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in r.headers
     assert httpx.get(f"{url}/health").status_code == 200  # no key needed
     for method, path in [("GET", "/v1/models"), ("GET", "/v1/audio/voices"), ("POST", "/v1/audio/speech"),
                          ("POST", "/v1/audio/voices"), ("DELETE", "/v1/audio/voices/x")]:

@@ -16,7 +16,7 @@ import time
 from typing import Literal, Optional, Union
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from mlx_qwen_tts.engine.scheduler import QueueFull
@@ -154,7 +154,11 @@ async def speech(state, request: Request, body: SpeechRequest):
     # still be a proper JSON error with its status.
     try:
         first, ended = await _next_chunks(synthesis, request)
-    except (ConnectionError, asyncio.CancelledError):
+    except ConnectionError:  # the client left before any audio: nobody reads this answer
+        synthesis.cancel()
+        log.info("%s cancelled before the first audio (client left)", rid)
+        return Response(status_code=400)
+    except asyncio.CancelledError:
         synthesis.cancel()
         raise
     if ended and synthesis.error is not None:
