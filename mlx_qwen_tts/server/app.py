@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
-from mlx_qwen_tts.server.errors import ApiError, install_error_handlers, log
+from mlx_qwen_tts.server.errors import ApiError, install_error_handlers
 from mlx_qwen_tts.server.registry import VoiceRegistry, check_name
 from mlx_qwen_tts.server.speech import MAX_INPUT_CHARS, SpeechRequest, speech
 
