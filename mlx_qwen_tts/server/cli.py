@@ -51,7 +51,7 @@ def _logger(level: str) -> logging.Logger:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
               help="Requests generated together, as rows of one batch.")
-@click.option("--max-queue", type=click.IntRange(min=0),
+@click.option("--max-queue", type=click.IntRange(min=1),
               help="Requests allowed to wait for a row; beyond it the answer is 429 [default: no limit].")
 @click.option("--api-key", envvar="MLX_QWEN_TTS_API_KEY", show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on every endpoint but /health.")
