@@ -167,6 +167,7 @@ def main():
     parser.add_argument("--requests", type=int, default=2, help="requests per client, one after the other")
     parser.add_argument("--frames", type=int, default=24, help="frames per request (80 ms each)")
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the --max-batch 1 server")
     parser.add_argument("--soak", type=int, default=500)
     parser.add_argument("--soak-frames", type=int, default=12)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -178,7 +179,7 @@ def main():
     record = {"model": args.model, "frames": args.frames, "requests_per_client": args.requests,
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                           "load_avg_at_start": os.getloadavg()}, "servers": {}}
-    for max_batch in (args.max_batch, 1):
+    for max_batch in (args.max_batch,) if args.no_baseline else (args.max_batch, 1):
         name = f"max_batch_{max_batch}"
         server = Server(args.model, "--max-batch", max_batch, log=args.out / f"server-{stamp}-{name}.log")
         try:
@@ -194,7 +195,7 @@ def main():
         finally:
             server.stop()
     by = {name: {r["clients"]: r for r in rows} for name, rows in record["servers"].items()}
-    batched, single = by[f"max_batch_{args.max_batch}"], by["max_batch_1"]
+    batched, single = by[f"max_batch_{args.max_batch}"], by.get("max_batch_1", {})
     targets = {}
     if 8 in batched and 8 in single:
         targets["aggregate_8_vs_max_batch_1"] = round(batched[8]["audio_s_per_s"] / single[8]["audio_s_per_s"], 2)

@@ -25,7 +25,7 @@ from mlx_qwen_tts.server.errors import ApiError, log
 
 MAX_INPUT_CHARS = 4096
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
-POLL_S = 0.005  # how often a response looks for new chunks
+POLL_S = 0.02  # how often a response looks for new chunks (5 ms cost ~15 % throughput on 2 cores)
 FIRST_CHUNK_FRAMES, CHUNK_FRAMES = 2, 8  # first bytes after 2 frames (160 ms of audio)
 _ids = itertools.count(1)
 
@@ -119,7 +119,7 @@ async def _next_chunks(synthesis, request: Request):
         if chunks or ended:
             return chunks, ended
         polls += 1
-        if polls % 50 == 0 and await request.is_disconnected():
+        if polls % 10 == 0 and await request.is_disconnected():
             raise ConnectionError("client disconnected")
         await asyncio.sleep(POLL_S)
 
