@@ -108,5 +108,68 @@ def load_cases(fixtures_dir, variant):
     return [(name, args, dict(np.load(folder / f"{name}.npz"))) for name, args in meta.items()]
 
 
+class ServerProcess:
+    """`python -m mlx_qwen_tts serve` on a free loopback port, its log in a file."""
+
+    def __init__(self, model, *args, log_path, env=None, ready_timeout=120.0):
+        import socket
+        import time
+        import httpx
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlx_qwen_tts", "serve", "--model", str(model), "--port", str(self.port),
+             "--device", "cpu", *map(str, args)], stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).json().get("ready"):
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server was not ready within {ready_timeout} s:\n{self.log()}")
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then its exit status (killed after `timeout`)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def start_server(tmp_path_factory):
+    """start_server(model_dir, *serve_args) -> a running ServerProcess, stopped after the module."""
+    servers = []
+
+    def start(model, *args, **kwargs):
+        server = ServerProcess(model, *args, log_path=tmp_path_factory.mktemp("server") / "log.txt", **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
 if __name__ == "__main__":  # tests/run.sh: build (or confirm) the fixtures with their progress shown
     ensure_fixtures()

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 need_pkgs=()
-for p in libportaudio2 libopenblas0-pthread; do
+for p in libportaudio2 libopenblas0-pthread chromium chromium-driver; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

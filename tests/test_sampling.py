@@ -11,7 +11,7 @@ from mlx_qwen_tts.engine.generate import (STUCK_WINDOW, GenerationSettings, Gene
                                           generate_frames)
 from mlx_qwen_tts.engine.prompt import build_prompt
 from mlx_qwen_tts.engine.sampling import (FULL_VOCAB, GREEDY, SamplerArrays, SamplerSettings, code0_bias,
-                                          repetition_penalty, sample, sampling_plan, warp_logits)
+                                          repetition_penalty, sample, sampling_plan, unit_interval, warp_logits)
 from mlx_qwen_tts.loading import load_model
 
 
@@ -103,6 +103,14 @@ def test_rows_with_different_settings_sample_as_if_alone():
             assert int(together[i]) == int(alone[0])
         assert int(together[0]) == int(np.argmax(np.array(logits[0])))
         assert int(together[1]) in set(np.argsort(-np.array(logits[1]))[:3].tolist())
+
+
+def test_noise_stays_strictly_inside_the_unit_interval():
+    """The extreme hash values map inside (0, 1): a noise of exactly 1.0 would make a Gumbel draw
+    infinite, and -inf + inf (a suppressed id) NaN, which argmax would pick."""
+    u = np.array(unit_interval(mx.array([0, 1, 2**31, 2**32 - 2, 2**32 - 1], dtype=mx.uint32)))
+    assert (u > 0).all() and (u < 1).all()
+    assert np.isfinite(-np.log(-np.log(u))).all()
 
 
 def test_sampling_plans():

@@ -14,6 +14,7 @@ from mlx_qwen_tts import __version__
 from mlx_qwen_tts.cli.common import Group
 from mlx_qwen_tts.cli.speak import PLAY_CHUNK_FRAMES, speak
 from mlx_qwen_tts.cli.tools import check_quant, convert_command, voice, voices
+from mlx_qwen_tts.server.cli import serve  # click only; the server's packages load inside the command
 
 __all__ = ["main", "PLAY_CHUNK_FRAMES", "convert_command"]
 
@@ -24,5 +25,5 @@ def main():
     """Qwen3-TTS text-to-speech on Apple MLX: speak, stream, convert and clone voices."""
 
 
-for command in (speak, voices, convert_command, check_quant, voice):
+for command in (speak, voices, convert_command, check_quant, voice, serve):
     main.add_command(command)

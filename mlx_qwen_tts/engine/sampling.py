@@ -87,8 +87,13 @@ def uniform_noise(seeds: mx.array, counter: mx.array, stream: int, ids: mx.array
     golden = mx.array(0x9E3779B9, mx.uint32)
     row = mix(seeds[:, 0] ^ mix(seeds[:, 1] + golden))
     row = mix(row ^ mix(counter.astype(mx.uint32) * mx.array(64, mx.uint32) + mx.array(stream + 1, mx.uint32)))
-    bits = mix(row[:, None] ^ (ids.astype(mx.uint32) * golden))
-    return ((bits >> 8).astype(mx.float32) + 0.5) * (1.0 / (1 << 24))
+    return unit_interval(mix(row[:, None] ^ (ids.astype(mx.uint32) * golden)))
+
+
+def unit_interval(bits: mx.array) -> mx.array:
+    """uint32 -> float32 strictly inside (0, 1): 23 bits, so 1 - 2**-24 is the largest value
+    (24 bits would round up to exactly 1.0, an infinite Gumbel draw)."""
+    return ((bits >> 9).astype(mx.float32) + 0.5) * (1.0 / (1 << 23))
 
 
 GREEDY, FULL_VOCAB = -1, 0  # sampling plans besides a candidate count

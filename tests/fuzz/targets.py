@@ -215,7 +215,7 @@ def _no_publish():
     import mlx_qwen_tts_convert.gguf_import as gi
 
     real = gi.publish
-    gi.publish = lambda out, build: out
+    gi.publish = lambda out, build, **_: out
     try:
         yield
     finally:

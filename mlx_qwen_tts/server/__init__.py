@@ -1,0 +1,1 @@
+"""The OpenAI-compatible speech server (`mlx-qwen-tts serve`)."""

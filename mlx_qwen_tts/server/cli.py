@@ -1,0 +1,127 @@
+"""`mlx-qwen-tts serve`: load the model once, warm it up, serve the OpenAI speech API.
+
+Only click is imported at module level: `mlx-qwen-tts --help` works without the server extra.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from mlx_qwen_tts.hub import DEFAULT_MODEL
+
+GRACE_S = 5  # on SIGTERM / Ctrl-C: in-flight requests get this long, then they are cancelled
+
+
+def _warm_up(engine, model) -> float:
+    """One short synthesis through the engine (compiles the frame step, builds the codec state)."""
+    import numpy as np
+
+    started = time.perf_counter()
+    kwargs = {"voice": None}
+    if model.config.model_type == "base":  # a plain tone as the reference: x-vector path only
+        t = np.arange(int(1.5 * 24000)) / 24000
+        kwargs = {"ref_audio": (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)}
+    for _ in engine.submit("Hello.", greedy=True, max_frames=4, **kwargs):
+        pass
+    return time.perf_counter() - started
+
+
+def _logger(level: str) -> logging.Logger:
+    log = logging.getLogger("mlx_qwen_tts.server")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+    log.setLevel(level.upper())
+    log.propagate = False
+    return log
+
+
+@click.command("serve")
+@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
+              help="Model folder (converted or Hugging Face) or a Hugging Face id.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the server to the network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Requests generated together, as rows of one batch.")
+@click.option("--max-queue", type=click.IntRange(min=1),
+              help="Requests allowed to wait for a row; beyond it the answer is 429 [default: no limit].")
+@click.option("--api-key", envvar="MLX_QWEN_TTS_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every endpoint but /health.")
+@click.option("--voices-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Base models: where registered voices are kept (and read again at start).")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="Allow browser calls from this origin (repeatable; '*' for any). CORS is off by default.")
+@click.option("--max-input-chars", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", type=click.Choice(["gpu", "cpu"]), help="Where MLX runs [default: gpu if available].")
+@click.option("--ignore-eos", is_flag=True, hidden=True, help="Benchmarks: never stop before max_frames.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_origins, max_input_chars, device,
+          ignore_eos, log_level):
+    """Serve OpenAI-compatible text to speech (POST /v1/audio/speech) with a playground at /."""
+    from mlx_qwen_tts.cli.common import select_device, user_errors
+
+    try:
+        import uvicorn
+
+        from mlx_qwen_tts.server.app import ServerState, create_app
+    except ImportError as e:
+        raise click.ClickException(f"the server needs its extra: pip install 'mlx-qwen-tts[server]' ({e})")
+    import mlx.core as mx
+
+    from mlx_qwen_tts.hub import resolve_model
+    from mlx_qwen_tts.loading import load_model
+    from mlx_qwen_tts.server.jobs import ServingEngine
+    from mlx_qwen_tts.server.registry import VoiceRegistry
+
+    log = _logger(log_level)
+    device = select_device(device)
+    started = time.perf_counter()
+    with user_errors():
+        folder = resolve_model(model)
+        tts = load_model(folder, dtype=mx.float32 if device == "cpu" else None)
+    if tts.config.model_type == "base":
+        # Build (and evaluate) both voice encoders here: their lazily loaded weights belong to this
+        # thread's MLX stream, and evaluating them first on the engine thread fails.
+        from mlx_qwen_tts.voice import model_fingerprint
+
+        with user_errors():
+            model_fingerprint(tts)
+    engine = ServingEngine(tts, max_batch=max_batch, max_queue=max_queue)
+    try:
+        with user_errors():
+            warm = _warm_up(engine, tts)
+            registry = VoiceRegistry(voices_dir, engine, tts, log)
+            registry.load()
+    except BaseException:
+        engine.close()
+        raise
+    if voices_dir is not None and not registry.enabled:
+        log.warning("--voices-dir is ignored: voice registration needs a Base model (this is %s)",
+                    tts.config.model_type)
+    state = ServerState(model=tts, engine=engine, registry=registry, model_id=str(model), api_key=api_key or None,
+                        max_input_chars=max_input_chars, cors_origins=list(cors_origins), max_batch=max_batch,
+                        max_queue=max_queue, ready=True, ignore_eos=ignore_eos)
+    log.info("model %s (%s) on %s loaded and warmed up in %.1f s (warm-up %.2f s); %d registered voices",
+             model, tts.config.model_type, device, time.perf_counter() - started, warm, len(registry.names()))
+    config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=GRACE_S, lifespan="on")
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it is done; with these handlers in place
+    # that is a no-op, so a graceful stop exits 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        engine.close(10.0)
+    if not server.started:
+        raise click.ClickException(f"could not serve on {host}:{port} (see the log above)")
