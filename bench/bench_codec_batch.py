@@ -15,7 +15,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench_codec import build_decoder  # noqa: E402
-from mlx_qwen_tts.engine.scheduler import _stack_states  # noqa: E402
+from mlx_qwen_tts.engine.scheduler import stack_states  # noqa: E402
 
 
 def main():
@@ -35,7 +35,7 @@ def main():
             mx.eval([decoder(codes[i:i + 1], states[i]) for i in range(size)])
             one_each.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            mx.eval(decoder(codes, _stack_states(states)))
+            mx.eval(decoder(codes, stack_states(states)))
             batched.append(time.perf_counter() - t0)
         a, b = min(one_each[1:] or one_each), min(batched[1:] or batched)
         print(json.dumps(dict(kind="codec_batch", requests=size, frames=args.frames, one_call_each_s=a,

@@ -59,7 +59,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "mlx_qwen_tts", "serve", "--model", str(model),
-                                      "--port", str(self.port), "--ignore-eos", "--log-level", "warning", *map(str, args)],
+                                      "--port", str(self.port), "--ignore-eos", "--log-level", "warning",
+                                      *map(str, args)],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while True:

@@ -14,7 +14,7 @@ _LAZY = {
     "synthesize": "mlx_qwen_tts.api",
     "stream": "mlx_qwen_tts.api",
     "synthesize_batch": "mlx_qwen_tts.api",
-    "Engine": "mlx_qwen_tts.engine.scheduler",
+    "Engine": "mlx_qwen_tts.engine.service",
     "make_request": "mlx_qwen_tts.engine.request",
     "generate_frames": "mlx_qwen_tts.engine.generate",
     "load_model_config": "mlx_qwen_tts.config",

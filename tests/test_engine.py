@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mlx_qwen_tts.api import synthesize
-from mlx_qwen_tts.engine.scheduler import Engine, QueueFull
+from mlx_qwen_tts.engine.service import Engine, QueueFull
 from mlx_qwen_tts.loading import load_model
 
 TEXT = "Hello world, this is a test."

@@ -22,7 +22,8 @@ def browser():
     from selenium.webdriver.chrome.service import Service
 
     if not (Path(CHROMEDRIVER).exists() and Path(CHROMIUM).exists()):
-        raise RuntimeError("the playground test needs Debian's chromium and chromium-driver (tests/run.sh installs them)")
+        raise RuntimeError("the playground test needs Debian's chromium and chromium-driver "
+                           "(tests/run.sh installs them)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

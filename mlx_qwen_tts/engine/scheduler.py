@@ -3,13 +3,12 @@
 A request's text segments are rows of the batch (so a chapter takes about as long as its longest
 sentences); its audio is decoded in segment order by its own streaming codec state, so the
 concatenated chunks equal one causal decode of all its codes. `Scheduler` is single-threaded
-(`synthesize`, `stream` and `synthesize_batch` drive it directly); `Engine` owns one in a
-background thread that does all MLX work, for long-lived use (the server).
+(`synthesize`, `stream` and `synthesize_batch` drive it directly); `Engine` (engine/service.py)
+owns one in a background thread that does all MLX work, for long-lived use (the server).
 """
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import queue
 import time
@@ -22,7 +21,7 @@ from mlx_qwen_tts.engine.generate import Batch, Row
 from mlx_qwen_tts.engine.prompt import build_prompt
 from mlx_qwen_tts.engine.request import Request, resolve_clone
 
-_END = object()
+END = object()  # the last item of a Synthesis's chunk queue
 
 
 @dataclass
@@ -75,14 +74,14 @@ class Synthesis:
                 item = self.chunks.get_nowait()
             except queue.Empty:
                 return chunks, False
-            if item is _END:
+            if item is END:
                 return chunks, True
             chunks.append(item)
 
     def __iter__(self):
         while True:
             item = self.chunks.get()
-            if item is _END:
+            if item is END:
                 break
             yield item
         if self.error is not None:
@@ -247,11 +246,11 @@ class Scheduler:
 
     def _decode_group(self, group: list[_Job]):
         codes = mx.array(np.stack([np.stack(job.chunks[0]) for job in group]))  # [G, T, 16]
-        state = _stack_states([job.codec_state for job in group])
+        state = stack_states([job.codec_state for job in group])
         wav, state = self.model.codec(codes, state)
         audio = np.array(wav, dtype=np.float32)
         for i, job in enumerate(group):
-            job.codec_state = _row_of(state, i) if len(group) > 1 else state
+            job.codec_state = row_of(state, i) if len(group) > 1 else state
             self._emit(job, job.chunks.pop(0), audio[i])
 
     def _emit(self, job: _Job, chunk: list, audio: np.ndarray):
@@ -286,135 +285,24 @@ class Scheduler:
         synthesis.stats.elapsed_s = time.perf_counter() - synthesis.submitted
         synthesis.stats.peak_memory_gb = mx.get_peak_memory() / 1e9
         synthesis.finished = True
-        synthesis.chunks.put(_END)
+        synthesis.chunks.put(END)
 
 
-def _stack_states(states: list):
+def stack_states(states: list):
     """Codec states of several requests (same position, same shapes) as one batch state."""
     first = states[0]
     if isinstance(first, mx.array):
         return mx.concatenate(states, axis=0)
     if isinstance(first, tuple):
-        parts = [_stack_states([s[i] for s in states]) for i in range(len(first))]
+        parts = [stack_states([s[i] for s in states]) for i in range(len(first))]
         return type(first)(*parts) if hasattr(first, "_fields") else tuple(parts)
     return first  # None, or the shared integer position
 
 
-def _row_of(state, i: int):
+def row_of(state, i: int):
     if isinstance(state, mx.array):
         return state[i:i + 1]
     if isinstance(state, tuple):
-        parts = [_row_of(part, i) for part in state]
+        parts = [row_of(part, i) for part in state]
         return type(state)(*parts) if hasattr(state, "_fields") else tuple(parts)
     return state
-
-
-class QueueFull(RuntimeError):
-    """The engine's waiting queue is full; try again later."""
-
-
-class Engine:
-    """Continuous batching in a background thread that owns all MLX work.
-
-    `submit` (thread-safe) validates a request and returns a `Synthesis` at once; its rows join
-    the running batch at the next frame. `cancel()` frees them within one frame.
-    """
-
-    def __init__(self, model, max_batch: int = 8, max_queue: int | None = None):
-        import threading
-
-        self.model, self.max_queue = model, max_queue
-        self._scheduler = Scheduler(model, max_batch)
-        # A lazy array belongs to the stream of the thread that made it, and the engine's thread
-        # has its own: evaluate the (lazily read) voice-clone encoder weights it may use.
-        mx.eval(model.extra_weights)
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._waiting = 0  # submitted, no row yet (inbox + scheduler)
-        self._active_rows = 0
-        self._closed = threading.Event()
-        self._device = mx.default_device()
-        self._thread = threading.Thread(target=self._run, name="mlx-qwen-tts-engine", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)  # a live MLX thread at interpreter exit aborts the process
-
-    @property
-    def active_rows(self) -> int:
-        """Rows generating now (as of the last frame)."""
-        return self._active_rows
-
-    @property
-    def queued(self) -> int:
-        return self._waiting
-
-    def submit(self, text: str, **kwargs) -> Synthesis:
-        from mlx_qwen_tts.engine.request import make_request
-
-        if self._closed.is_set():
-            raise RuntimeError("the engine is closed")
-        stats = kwargs.pop("stats", None)
-        request = make_request(self.model.config, text, **kwargs)
-        with self._lock:
-            if self.max_queue is not None and self._waiting >= self.max_queue:
-                raise QueueFull(f"{self._waiting} requests are already waiting")
-            self._waiting += 1
-        synthesis = Synthesis(request, stats)
-        self._inbox.put(synthesis)
-        return synthesis
-
-    def close(self, timeout: float | None = None):
-        """Stop: every unfinished request is cancelled; waits for the thread."""
-        atexit.unregister(self.close)
-        self._closed.set()
-        self._inbox.put(None)
-        self._thread.join(timeout)
-
-    def __enter__(self) -> "Engine":
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def _run(self):
-        # MLX streams belong to a thread: this one gets its own on the model's device.
-        with mx.stream(mx.new_stream(self._device)):
-            self._serve()
-            self._scheduler.batch = None
-            mx.synchronize()
-        mx.clear_streams()  # a thread's streams left to process exit make MLX abort
-
-    def _serve(self):
-        scheduler = self._scheduler
-        while not self._closed.is_set():
-            self._take_new(block=not scheduler.busy)  # idle: sleep until a request arrives
-            if scheduler.busy and not self._closed.is_set():
-                try:
-                    scheduler.run_once()
-                except Exception as e:  # a fault of the whole batch: end its requests, keep serving
-                    scheduler.fail_all(e)
-            with self._lock:
-                self._waiting = scheduler.waiting + self._inbox.qsize()
-            self._active_rows = sum(1 for row in scheduler.batch.rows if not (row.done or row.cancelled))
-        for job in list(scheduler.jobs):
-            job.synthesis.cancelled = True
-            scheduler._fail(job, None)
-        while True:  # requests that arrived while closing
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None:
-                item.cancelled = item.finished = True
-                item.chunks.put(_END)
-
-    def _take_new(self, block: bool):
-        try:
-            item = self._inbox.get(block=block)
-        except queue.Empty:
-            return
-        while item is not None:
-            self._scheduler.submit(item)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return

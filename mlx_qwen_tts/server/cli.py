@@ -79,7 +79,7 @@ def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_ori
 
     from mlx_qwen_tts.hub import resolve_model
     from mlx_qwen_tts.loading import load_model
-    from mlx_qwen_tts.server.jobs import ServingEngine
+    from mlx_qwen_tts.engine.service import Engine
     from mlx_qwen_tts.server.registry import VoiceRegistry
 
     log = _logger(log_level)
@@ -88,14 +88,8 @@ def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_ori
     with user_errors():
         folder = resolve_model(model)
         tts = load_model(folder, dtype=mx.float32 if device == "cpu" else None)
-    if tts.config.model_type == "base":
-        # Build (and evaluate) both voice encoders here: their lazily loaded weights belong to this
-        # thread's MLX stream, and evaluating them first on the engine thread fails.
-        from mlx_qwen_tts.voice import model_fingerprint
-
-        with user_errors():
-            model_fingerprint(tts)
-    engine = ServingEngine(tts, max_batch=max_batch, max_queue=max_queue)
+    with user_errors():
+        engine = Engine(tts, max_batch=max_batch, max_queue=max_queue)
     try:
         with user_errors():
             warm = _warm_up(engine, tts)

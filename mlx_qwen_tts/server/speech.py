@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from mlx_qwen_tts.engine.scheduler import QueueFull
+from mlx_qwen_tts.engine.service import QueueFull
 from mlx_qwen_tts.server.encoders import CONTENT_TYPES, FORMATS, EncoderUnavailable, make_encoder
 from mlx_qwen_tts.server.errors import ApiError, log
 
