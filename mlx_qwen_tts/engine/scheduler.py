@@ -61,6 +61,16 @@ class Synthesis:
         self.finished = False
         self.error: BaseException | None = None
         self.submitted = time.perf_counter()
+        self.on_chunk = None  # called (on the engine's thread) after each new chunk and at the end
+
+    def push(self, item):
+        """Hand a chunk (or END) to the consumer and wake it."""
+        self.chunks.put(item)
+        if self.on_chunk is not None:
+            try:
+                self.on_chunk()
+            except Exception:  # a consumer that went away (a closed event loop) is not our failure
+                pass
 
     def cancel(self):
         """Stop generating; the rows are freed before the next frame."""
@@ -263,7 +273,7 @@ class Scheduler:
         if stats.events is not None:
             stats.events.append(("chunk", len(chunk)))
         job.decoded += 1
-        job.synthesis.chunks.put(audio)
+        job.synthesis.push(audio)
 
     def fail_all(self, error: BaseException | None):
         """End every request (with `error`, or as cancelled) and start from an empty batch."""
@@ -285,7 +295,7 @@ class Scheduler:
         synthesis.stats.elapsed_s = time.perf_counter() - synthesis.submitted
         synthesis.stats.peak_memory_gb = mx.get_peak_memory() / 1e9
         synthesis.finished = True
-        synthesis.chunks.put(END)
+        synthesis.push(END)
 
 
 def stack_states(states: list):

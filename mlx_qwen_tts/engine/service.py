@@ -147,7 +147,7 @@ class Engine:
                 return
             if item is not None:
                 item.cancelled = item.finished = True
-                item.chunks.put(END)
+                item.push(END)
 
     def _take_new(self, block: bool):
         self._run_calls()
