@@ -5,10 +5,9 @@ batch size (aggregate frames/s). Written as JSON lines and a short summary.
     python bench/mlx_audio_compare.py [--frames 60] [--reps 3] [--threads 1] [--batch 1,2,4,8,16]
                                       [--batch-frames 40] [--batch-reps 2] [--ours-root DIR] [--out FILE]
 
-Ours is this file's own small worker (`--ours-worker`: our public API only, load_model,
-build_prompt, GenerationSettings, generate_frames, timed as bench/ours.py:run_loop times a run),
-run by --ours-root's .venv (default: this checkout's); mlx-audio is bench/mlx_audio_side.py in
-.venv-mlxaudio (made by bench/mlx_audio_env.sh when missing). Both load the same fixture, get the
+Ours is bench/ours.py (the worker bench/run.py uses: generate_frames for B = 1, the public
+`Batch.step` for batches), run by --ours-root's .venv (default: this checkout's); mlx-audio is
+bench/mlx_audio_side.py in .venv-mlxaudio (made by bench/mlx_audio_env.sh when missing). Both load the same fixture, get the
 same thread count and the system OpenBLAS preloaded, and make one untimed run of the full frame
 count before the timed ones. mlx-audio's codec decode is stubbed
 (see bench/mlx_audio_side.py), ours' loop does not run the codec: both times are the talker and
@@ -23,42 +22,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from common import LANGUAGE, REPLY, TEXTS, VOICE, host_info, per_frame, serve, spread  # noqa: E402
+from common import REPLY, spread  # noqa: E402
 from mlx_audio_side import ensure_venv, relaunch_env  # noqa: E402 (pure Python at import)
-from shapes import FIXTURE, ROOT  # noqa: E402
-
-
-class Ours:
-    """Our side through the public API only (the engine's internals change under it)."""
-
-    def build(self, threads, text="short", seed=0, **_):
-        from mlx_qwen_tts.loading import load_model
-        import mlx.core as mx
-
-        self.threads, self.text = threads, TEXTS[text]
-        self.model = load_model(FIXTURE, dtype=mx.float32, codec=False)
-        self.rep(4, seed)  # warm-up: compiles the frame step
-        return {}
-
-    def rep(self, frames, seed):
-        """One generation of `frames` frames (EOS ignored), timestamps at every frame."""
-        import time
-
-        from mlx_qwen_tts.engine.generate import GenerationSettings, generate_frames
-        from mlx_qwen_tts.engine.prompt import build_prompt
-
-        prompt = build_prompt(self.model, self.text, voice=VOICE, language=LANGUAGE)
-        settings = GenerationSettings.from_config(self.model.config.generation, max_frames=frames, ignore_eos=True,
-                                                  seed=seed)
-        stamps = [time.perf_counter() for _ in generate_frames(self.model, prompt, settings)]
-        assert len(stamps) == frames, f"{len(stamps)} frames for {frames}"
-        return dict(frame_s=per_frame(stamps), frames=len(stamps))
-
-    def finish(self, **_):
-        import mlx.core as mx
-
-        return dict(env=dict(impl="mlx-qwen-tts", mlx=mx.__version__, device=str(mx.default_device()),
-                             threads=self.threads, **host_info()))
+from shapes import ROOT  # noqa: E402
 
 
 class Worker:
@@ -113,7 +79,7 @@ def main():
     with open(args.log, "w") as log:
         theirs = Worker("mlx-audio", ensure_venv(), [BENCH / "mlx_audio_side.py"], args.threads, log)
         ours = Worker("ours", ours_python if ours_python.exists() else sys.executable,
-                      [Path(__file__).resolve(), "--ours-worker"], args.threads, log)
+                      [args.ours_root / "bench" / "ours.py"], args.threads, log)
         workers = dict(ours=ours, mlx_audio=theirs)
         for w in workers.values():
             w.call("build", shape="tiny", precision="float32", threads=args.threads, text="short", seed=0)
@@ -122,19 +88,24 @@ def main():
         for rep in range(args.reps):
             for name, w in workers.items():
                 reps[name].append(w.call("rep", frames=args.frames, seed=rep + 1)["frame_s"] * 1e3)
-        envs = dict(ours=ours.call("finish")["env"])
-        ours.close()
         for name, ms in reps.items():
             emit(dict(kind="generate", side=name, frames=args.frames, threads=args.threads, ms_per_frame=spread(ms),
                       ms_per_frame_reps=ms))
         for b in [int(x) for x in args.batch.split(",") if x]:
-            runs = [theirs.call("batch", batch_size=b, frames=args.batch_frames, seed=rep + 1)
-                    for rep in range(args.batch_reps)]
+            ours.call("batch", batch_size=b, frames=2, seed=0)  # traces the step for this batch size
+            mine, runs = [], []
+            for rep in range(args.batch_reps):  # alternating: both sides see the same load
+                mine.append(ours.call("batch", batch_size=b, frames=args.batch_frames, seed=rep + 1)["frame_s"])
+                runs.append(theirs.call("batch", batch_size=b, frames=args.batch_frames, seed=rep + 1))
+            emit(dict(kind="batch", side="ours", batch_size=b, frames=args.batch_frames, threads=args.threads,
+                      step_ms=spread([t * 1e3 for t in mine]), steady_frames_per_s=spread([b / t for t in mine])))
             emit(dict(kind="batch", side="mlx_audio", batch_size=b, frames=args.batch_frames, threads=args.threads,
                       total_s=spread([r["total_s"] for r in runs]),
                       step_ms=spread([r["step_s"] * 1e3 for r in runs]),
                       frames_per_s=spread([sum(r["frames"]) / r["total_s"] for r in runs]),
                       steady_frames_per_s=spread([b / r["step_s"] for r in runs])))
+        envs = dict(ours=ours.call("finish", stage_steps=1, seed=0)["env"])
+        ours.close()
         envs["mlx_audio"] = theirs.call("finish")["env"]
         theirs.close()
     emit(dict(kind="env", **envs))
@@ -144,13 +115,9 @@ def main():
             print(f"# {r['side']:>9} B=1: {m['median']:6.1f} ms/frame [{m['min']:.1f}-{m['max']:.1f}] "
                   f"({r['frames']} frames, {m['n']} reps, {r['threads']} thread(s))")
         elif r["kind"] == "batch":
-            print(f"# mlx_audio B={r['batch_size']:<2}: {r['frames_per_s']['median']:6.1f} frames/s aggregate "
-                  f"(whole call), {r['steady_frames_per_s']['median']:6.1f} in steady state, "
-                  f"{r['step_ms']['median']:.1f} ms/step")
+            print(f"# {r['side']:>9} B={r['batch_size']:<2}: {r['steady_frames_per_s']['median']:6.1f} frames/s "
+                  f"aggregate in steady state, {r['step_ms']['median']:.1f} ms/step")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--ours-worker"]:
-        serve(Ours())
-    else:
-        main()
+    main()
