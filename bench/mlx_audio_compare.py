@@ -7,10 +7,10 @@ batch size (aggregate frames/s). Written as JSON lines and a short summary.
 
 Ours is bench/ours.py (the worker bench/run.py uses: generate_frames for B = 1, the public
 `Batch.step` for batches), run by --ours-root's .venv (default: this checkout's); mlx-audio is
-bench/mlx_audio_side.py in .venv-mlxaudio (made by bench/mlx_audio_env.sh when missing). Both load the same fixture, get the
-same thread count and the system OpenBLAS preloaded, and make one untimed run of the full frame
-count before the timed ones. mlx-audio's codec decode is stubbed
-(see bench/mlx_audio_side.py), ours' loop does not run the codec: both times are the talker and
+bench/mlx_audio_side.py in .venv-mlxaudio (made by bench/mlx_audio_env.sh when missing). Both
+load the same fixture, get the same thread count and the system OpenBLAS preloaded, and make one
+untimed run of the full frame count before the timed ones. mlx-audio's codec decode is stubbed
+(see bench/mlx_audio_side.py), ours does not run the codec: both times are the talker and
 code-predictor loop only.
 """
 
