@@ -29,7 +29,6 @@ from mlx.utils import tree_flatten
 from mlx_qwen_tts.engine.generate import GenerationSettings, generate_frames
 from mlx_qwen_tts.engine.prompt import build_prompt, codes_embedding
 from mlx_qwen_tts.engine.sampling import code0_bias
-from mlx_qwen_tts.models.talker import run_blocks
 
 GATE_PROMPTS = [("Hello! This is a short test of the quantized voice.", "english"),
                 ("The quick brown fox jumps over the lazy dog, twice.", "english"),
@@ -68,14 +67,13 @@ def teacher_forced_logits(model, prompt, codes: mx.array):
                           axis=1)[:, :T]
     x = mx.concatenate([prompt.embeds, (frames + text)[:, :-1]], axis=1)
     dtype = talker.norm.weight.dtype
-    hidden = talker.norm(run_blocks(talker.layers, x.astype(dtype), [None] * len(talker.layers)))
+    hidden = talker(x.astype(dtype), [None] * len(talker.layers))  # the real forward pass, every position
     hidden = hidden[:, prompt.embeds.shape[1] - 1:]  # [1, T, H]: position k predicts frame k
     talker_logits = talker.codec_head(hidden)[0]
     code_vectors = [talker.codec_embedding(codes[:, 0])] + [
         table(codes[:, g]) for g, table in enumerate(predictor.codec_embedding[:-1], start=1)]
     seq = mx.concatenate([hidden[0][:, None]] + [v[:, None] for v in code_vectors], axis=1)  # [T, 16, H]
-    h = predictor.norm(run_blocks(predictor.layers, predictor._project(seq.astype(dtype)),
-                                  [None] * len(predictor.layers)))
+    h = predictor(seq.astype(dtype), [None] * len(predictor.layers))
     pred = mx.stack([head(h[:, g + 1]) for g, head in enumerate(predictor.lm_head)], axis=1)
     return talker_logits.astype(mx.float32), pred.astype(mx.float32)
 

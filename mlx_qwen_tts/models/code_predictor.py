@@ -33,7 +33,11 @@ class CodePredictor(nn.Module):
     def _project(self, x: mx.array) -> mx.array:
         return self.small_to_mtp_projection(x) if "small_to_mtp_projection" in self else x
 
+    def __call__(self, x: mx.array, cache) -> mx.array:
+        """x [B, L, talker H] -> final hidden states [B, L, H] at every position (`lm_head[g - 1]`
+        of position g's state gives the logits of code group g)."""
+        return self.norm(run_blocks(self.layers, self._project(x), cache))
+
     def step_logits(self, x: mx.array, cache, group: int) -> mx.array:
         """Logits for code group `group` (1-based) after feeding x [B, L, talker H]."""
-        h = self.norm(run_blocks(self.layers, self._project(x), cache))
-        return self.lm_head[group - 1](h[:, -1])
+        return self.lm_head[group - 1](self(x, cache)[:, -1])
