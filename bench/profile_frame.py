@@ -72,7 +72,7 @@ def graph_sizes(model, text, seed) -> dict:
     batch = one_row_batch(model, text, seed, prefill_positions=1)
     mx.eval(batch.state)
     out, state = model.frame_step._step(batch.consts, batch.state, plans(batch))
-    ops = _ops(out) + _ops(state.hidden)
+    ops = _ops([out, state.hidden, state.code0])  # one graph: shared nodes counted once
     return {"frame step": dict(primitives=sum(ops.values()), top=dict(ops.most_common(8)))}
 
 

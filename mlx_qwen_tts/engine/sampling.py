@@ -85,8 +85,9 @@ def uniform_noise(seeds: mx.array, counter: mx.array, stream: int, ids: mx.array
         return x ^ (x >> 16)
 
     golden = mx.array(0x9E3779B9, mx.uint32)
-    row = mix(seeds[:, 0] ^ mix(seeds[:, 1] + golden))
-    row = mix(row ^ mix(counter.astype(mx.uint32) * mx.array(64, mx.uint32) + mx.array(stream + 1, mx.uint32)))
+    # (frame, stream) -> one word, so the whole key takes two rounds per row and one per token
+    step = (counter.astype(mx.uint32) * mx.array(64, mx.uint32) + mx.array(stream + 1, mx.uint32)) * golden
+    row = mix(seeds[:, 0] ^ mix(seeds[:, 1] ^ step))
     return unit_interval(mix(row[:, None] ^ (ids.astype(mx.uint32) * golden)))
 
 
