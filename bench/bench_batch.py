@@ -150,10 +150,13 @@ def main():
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="sections: throughput long_text arrivals cold")
+    parser.add_argument("--shapes", nargs="*", help="only these shapes (tiny, 0.6b) in every section")
     args = parser.parse_args()
     ensure_openblas()
     args.out.mkdir(parents=True, exist_ok=True)
     plan = QUICK if args.quick else FULL
+    if args.shapes:
+        plan = {k: [c for c in v if (c if isinstance(c, str) else c[0]) in args.shapes] for k, v in plan.items()}
     only = set(args.only or ("throughput", "long_text", "arrivals", "cold"))
     bench = Bench(args.out, args.threads)
     bench.emit(dict(kind="run", started=time.strftime("%Y-%m-%d %H:%M:%S"), quick=args.quick, host=host_info()))
