@@ -167,13 +167,17 @@ class Scheduler:
 
     def _admit(self):
         """Free rows go to pending segments: earlier segments first, then older requests, so a
-        new request's first sentence is not stuck behind a long text's later ones."""
+        new request's first sentence is not stuck behind a long text's later ones. Every first
+        segment joins at once; a later one (generated ahead) only on a frame when nothing else
+        joins, so prefills of text still far off never delay the first audio."""
         free = self.max_batch - sum(1 for row in self.batch.rows if not (row.done or row.cancelled))
+        admitted = 0
         while free > 0:
             candidates = [job for job in self.jobs if job.next_segment < len(job.request.segments)]
-            if not candidates:
+            job = min(candidates, key=lambda j: (j.next_segment, j.order), default=None)
+            if job is None or (job.next_segment > 0 and admitted):
                 return
-            job = min(candidates, key=lambda j: (j.next_segment, j.order))
+            admitted += 1
             try:
                 self._start_segment(job)
             except Exception as e:  # bad reference audio, a broken voice file: this request only
