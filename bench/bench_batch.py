@@ -37,6 +37,9 @@ PASSAGE = " ".join([
     "Nobody needed him to count the ships any more, but he counted them anyway, and wrote them down.",
     "On his last page he wrote that the sea had been good company, and that the light had never once failed.",
     "The village kept the lamp room as he left it, with his chair by the window and his pen on the desk.",
+    "Visitors still climb the hundred and twelve steps on summer afternoons to look out over the water.",
+    "Some of them count the steps aloud, the way he did, and lose count somewhere near the top.",
+    "From the window they can see the harbour, the fishing boats, and on clear days the far islands.",
 ])
 SIZES = (1, 2, 4, 8, 16)
 # (shape, precision, frames[, batch sizes]): an 8-bit CPU prefill takes ~9 s a row, so 8-bit at two sizes
