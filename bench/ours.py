@@ -273,6 +273,7 @@ class Session:
         gaps = [rng.expovariate(concurrency / service_s) for _ in range(requests)]
         results = [None] * requests
         engine = Engine(model, max_batch=8)
+        engine.warm_up()
 
         def client(i, at):
             time.sleep(max(0.0, at - (time.perf_counter() - start)))

@@ -99,3 +99,15 @@ def test_base_model_cloning_runs_on_the_engine_thread(model_dir, fixtures_dir, t
         np.testing.assert_array_equal(np.concatenate(list(ok)), expected)
         with pytest.raises((OSError, ValueError)):
             list(bad)
+
+
+def test_warm_up_traces_every_batch_size_before_requests_come(model_dir):
+    model = load_model(model_dir("customvoice_0b6"), dtype=mx.float32)  # a fresh model: no graph traced yet
+    with Engine(model, max_batch=3) as engine:
+        engine.warm_up()
+        traced = model.frame_step.traces
+        assert traced >= 3
+        requests = [engine.submit(TEXT, voice="ryan", seed=i, max_frames=6, ignore_eos=True) for i in range(3)]
+        for r in requests:
+            list(r)
+        assert model.frame_step.traces == traced  # batches of 1 to 3 rows: all traced already

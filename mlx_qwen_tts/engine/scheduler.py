@@ -18,8 +18,8 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_qwen_tts.engine.generate import Batch, Row
-from mlx_qwen_tts.engine.prompt import build_prompt
-from mlx_qwen_tts.engine.request import Request, resolve_clone
+from mlx_qwen_tts.engine.prompt import Prompt, build_prompt
+from mlx_qwen_tts.engine.request import GenerationSettings, Request, resolve_clone
 
 END = object()  # the last item of a Synthesis's chunk queue
 
@@ -141,6 +141,20 @@ class Scheduler:
     def waiting(self) -> int:
         """Requests that have no row in the batch yet."""
         return sum(1 for job in self.jobs if job.next_segment == 0)
+
+    def warm_up(self, sizes=None):
+        """Trace the frame step for every batch size up to max_batch (default sampling settings),
+        so a request joining a batch of a size not seen yet does not wait for a compile."""
+        pad = self.batch.consts.tts_pad
+        prompt = Prompt(embeds=mx.repeat(pad, 4, axis=1), trailing=pad, tts_pad=pad, text_tokens=1)
+        settings = GenerationSettings.from_config(self.model.config.generation, ignore_eos=True, max_frames=2,
+                                                  seed=0)
+        for size in sizes or range(1, self.max_batch + 1):
+            batch = Batch(self.model)
+            for _ in range(size):
+                batch.add(Row(prompt, settings))
+            while batch.rows:
+                batch.step()
 
     def submit(self, synthesis: Synthesis):
         self.jobs.append(_Job(synthesis, next(self._order)))

@@ -74,6 +74,11 @@ class Engine:
         self._inbox.put(synthesis)
         return synthesis
 
+    def warm_up(self):
+        """Trace the frame step for every batch size up to max_batch, on the engine's thread
+        (a server does this before it reports ready); returns when done."""
+        self.call(self._scheduler.warm_up).result()
+
     def call(self, fn, *args) -> Future:
         """Run `fn(*args)` on the engine's thread between two frames (MLX work that must not run
         beside generation, e.g. encoding a reference voice); the future holds its result."""

@@ -92,6 +92,7 @@ def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_ori
         engine = Engine(tts, max_batch=max_batch, max_queue=max_queue)
     try:
         with user_errors():
+            engine.warm_up()  # every batch size traced: a join never waits for a compile
             warm = _warm_up(engine, tts)
             registry = VoiceRegistry(voices_dir, engine, tts, log)
             registry.load()
