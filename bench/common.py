@@ -69,6 +69,32 @@ def thread_env(threads: int) -> dict:
 REPLY = "@bench "  # marks reply lines: library banners may also print to stdout
 
 
+class WorkerProcess:
+    """The driving side of `serve`: a worker process, one JSON command per call."""
+
+    def __init__(self, name: str, argv: list, env: dict, log, cwd):
+        import subprocess
+
+        self.name = name
+        self.proc = subprocess.Popen([str(a) for a in argv], cwd=cwd, env=env, text=True, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=log)
+
+    def call(self, op: str, **kw) -> dict:
+        self.proc.stdin.write(json.dumps(dict(op=op, **kw)) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith(REPLY):
+                reply = json.loads(line[len(REPLY):])
+                if "error" in reply:
+                    raise RuntimeError(f"{self.name} worker, {op}:\n{reply['error']}")
+                return reply
+        raise RuntimeError(f"the {self.name} worker exited (code {self.proc.wait()}); see its log")
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
 def serve(session):
     """A side's worker loop: one JSON command per stdin line (`op` names a method of `session`),
     one marked JSON reply line each. The model stays loaded between commands, so run.py can

@@ -16,39 +16,14 @@ code-predictor loop only.
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from common import REPLY, spread  # noqa: E402
+from common import WorkerProcess, spread  # noqa: E402
 from mlx_audio_side import ensure_venv, relaunch_env  # noqa: E402 (pure Python at import)
 from shapes import ROOT  # noqa: E402
-
-
-class Worker:
-    """A side's worker process, driven by JSON commands (common.serve)."""
-
-    def __init__(self, name, python, argv, threads, log):
-        self.name = name
-        self.proc = subprocess.Popen([str(python), *map(str, argv)], cwd=BENCH, env=relaunch_env(threads),
-                                     text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
-
-    def call(self, op, **kw) -> dict:
-        self.proc.stdin.write(json.dumps(dict(op=op, **kw)) + "\n")
-        self.proc.stdin.flush()
-        for line in self.proc.stdout:
-            if line.startswith(REPLY):
-                reply = json.loads(line[len(REPLY):])
-                if "error" in reply:
-                    raise RuntimeError(f"{self.name} worker, {op}:\n{reply['error']}")
-                return reply
-        raise RuntimeError(f"the {self.name} worker exited (code {self.proc.wait()}); see its log")
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
 
 
 def main():
@@ -77,9 +52,10 @@ def main():
             out.flush()
 
     with open(args.log, "w") as log:
-        theirs = Worker("mlx-audio", ensure_venv(), [BENCH / "mlx_audio_side.py"], args.threads, log)
-        ours = Worker("ours", ours_python if ours_python.exists() else sys.executable,
-                      [args.ours_root / "bench" / "ours.py"], args.threads, log)
+        theirs = WorkerProcess("mlx-audio", [ensure_venv(), BENCH / "mlx_audio_side.py"], relaunch_env(args.threads),
+                               log, BENCH)
+        ours = WorkerProcess("ours", [ours_python if ours_python.exists() else sys.executable,
+                                      args.ours_root / "bench" / "ours.py"], relaunch_env(args.threads), log, BENCH)
         workers = dict(ours=ours, mlx_audio=theirs)
         for w in workers.values():
             w.call("build", shape="tiny", precision="float32", threads=args.threads, text="short", seed=0)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from common import REPLY, TEXTS, host_info, spread, thread_env  # noqa: E402
+from common import TEXTS, WorkerProcess, host_info, spread, thread_env  # noqa: E402
 from shapes import PARAMS, ROOT  # noqa: E402
 
 REF_PYTHON = ROOT / ".venv-ref" / "bin" / "python"
@@ -43,7 +43,7 @@ QUICK = dict(overhead=dict(frames=20, reps=3), stage_steps=2, stream=["tiny"], c
     dict(shape="0.6b", precision="float32", sides=BOTH, frames=3, reps=2, profile=True)])
 
 
-class Worker:
+class Worker(WorkerProcess):
     """One side's worker process (bench/ours.py or bench/official.py), driven by JSON commands."""
 
     def __init__(self, side: str, threads: int, log):
@@ -52,23 +52,7 @@ class Worker:
             env.pop("LD_PRELOAD", None)  # torch brings its own BLAS (MKL)
         python = sys.executable if side == "ours" else str(REF_PYTHON)
         self.side = side
-        self.proc = subprocess.Popen([python, str(BENCH / f"{side}.py")], cwd=BENCH, env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
-
-    def call(self, op: str, **kw) -> dict:
-        self.proc.stdin.write(json.dumps(dict(op=op, **kw)) + "\n")
-        self.proc.stdin.flush()
-        for line in self.proc.stdout:
-            if line.startswith(REPLY):
-                reply = json.loads(line[len(REPLY):])
-                if "error" in reply:
-                    raise RuntimeError(f"{self.side} worker, {op}:\n{reply['error']}")
-                return reply
-        raise RuntimeError(f"the {self.side} worker exited (code {self.proc.wait()}); see workers.log")
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        super().__init__(side, [python, BENCH / f"{side}.py"], env, log, BENCH)
 
 
 class Bench:

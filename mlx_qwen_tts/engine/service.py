@@ -96,25 +96,24 @@ class Engine:
         self._closed.set()
         self._inbox.put(None)
         self._thread.join(timeout)
-        while True:
-            try:
-                future, _, _ = self._calls.get_nowait()
-            except queue.Empty:
-                return
-            if future.set_running_or_notify_cancel():
-                future.set_exception(RuntimeError("the engine is closed"))
+        self._run_calls(closed=True)
 
-    def _run_calls(self):
+    def _run_calls(self, closed: bool = False):
+        """Run the queued calls (or, once closed, fail them)."""
         while True:
             try:
                 future, fn, args = self._calls.get_nowait()
             except queue.Empty:
                 return
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args))
-                except BaseException as e:  # handed to the caller
-                    future.set_exception(e)
+            if not future.set_running_or_notify_cancel():
+                continue
+            if closed:
+                future.set_exception(RuntimeError("the engine is closed"))
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # handed to the caller
+                future.set_exception(e)
 
     def __enter__(self) -> "Engine":
         return self
