@@ -16,6 +16,7 @@ import numpy as np
 
 from mlx_qwen_tts.engine.request import make_request
 from mlx_qwen_tts.engine.scheduler import Scheduler, Synthesis, SynthesisStats
+from mlx_qwen_tts.text import SEGMENT_TOKENS
 
 __all__ = ["SynthesisResult", "SynthesisStats", "stream", "synthesize", "synthesize_batch"]
 
@@ -50,7 +51,8 @@ def _run(scheduler: Scheduler, syntheses: list[Synthesis]):
             scheduler.run_once()
 
 
-def stream(model, text: str, *, first_chunk_frames: int = 2, chunk_frames: int = 8, max_segment_chars: int = 250,
+def stream(model, text: str, *, first_chunk_frames: int = 2, chunk_frames: int = 8,
+           max_segment_tokens: int = SEGMENT_TOKENS,
            stats: SynthesisStats | None = None, codes_out: list | None = None,
            max_batch: int = DEFAULT_MAX_BATCH, **kwargs) -> Iterator[np.ndarray]:
     """Yield float32 mono audio chunks (24 kHz) while generating. The first chunk is decoded
@@ -58,7 +60,7 @@ def stream(model, text: str, *, first_chunk_frames: int = 2, chunk_frames: int =
     language, instruct, greedy, seed, non_streaming_text, max_frames, temperature, top_k, top_p,
     ref_audio, ref_text, voice_file."""
     request = make_request(model.config, text, first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
-                           max_segment_chars=max_segment_chars, **kwargs)
+                           max_segment_tokens=max_segment_tokens, **kwargs)
     scheduler = Scheduler(model, max_batch)
     synthesis = Synthesis(request, stats, codes_out)
     scheduler.submit(synthesis)
@@ -72,7 +74,7 @@ def synthesize(model, text: str, **kwargs) -> SynthesisResult:
 
 
 def synthesize_batch(model, texts: list[str], *, max_batch: int = DEFAULT_MAX_BATCH, first_chunk_frames: int = 2,
-                     chunk_frames: int = 8, max_segment_chars: int = 250, stats=None,
+                     chunk_frames: int = 8, max_segment_tokens: int = SEGMENT_TOKENS, stats=None,
                      **kwargs) -> list[SynthesisResult]:
     """Synthesize every text as rows of one batch; results in order. Each keyword of `synthesize`
     is one value for all texts or a list with one value per text (None in a list: unset)."""
@@ -97,7 +99,7 @@ def synthesize_batch(model, texts: list[str], *, max_batch: int = DEFAULT_MAX_BA
     for i, (text, args) in enumerate(zip(texts, per_text)):
         try:
             request = make_request(model.config, text, first_chunk_frames=first_chunk_frames,
-                                   chunk_frames=chunk_frames, max_segment_chars=max_segment_chars, **args)
+                                   chunk_frames=chunk_frames, max_segment_tokens=max_segment_tokens, **args)
         except ValueError as e:
             raise ValueError(f"text {i}: {e}" if len(texts) > 1 else str(e)) from None
         codes.append([])

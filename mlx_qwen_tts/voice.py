@@ -21,7 +21,7 @@ from mlx.utils import tree_flatten
 
 from mlx_qwen_tts.atomic import atomic_file, check_writable_file
 from mlx_qwen_tts.models.codec_encoder import CodecEncoder, MimiEncoderArgs, load_codec_encoder
-from mlx_qwen_tts.engine.prompt import VoiceClone
+from mlx_qwen_tts.engine.prompt import MAX_REF_TEXT_CHARS, VoiceClone, check_text_limit
 from mlx_qwen_tts.models.speaker_encoder import SpeakerEncoder, extract_xvector, load_speaker_encoder
 
 SAMPLE_RATE = 24000
@@ -193,6 +193,7 @@ def make_voice_clone(model, ref_audio, ref_text: str | None = None, *,
     _require_base(model)
     if ref_text is not None and not ref_text.strip():
         raise ValueError("ref_text is empty; give the transcript of the reference, or None for x-vector-only")
+    check_text_limit("ref_text", ref_text, MAX_REF_TEXT_CHARS)
     wave = load_reference_audio(ref_audio, sample_rate)
     xvector = extract_xvector(_speaker_encoder(model), wave)
     ref_codes = None
@@ -211,6 +212,7 @@ def save_voice(path: str | os.PathLike, clone: VoiceClone, model) -> Path:
         raise ValueError(f"x-vector has shape {tuple(clone.xvector.shape)}; this model needs ({enc_dim},)")
     if (clone.ref_codes is None) != (clone.ref_text is None):
         raise ValueError("reference codes and reference text go together: give both or neither")
+    check_text_limit("ref_text", clone.ref_text, MAX_REF_TEXT_CHARS)
     tensors = {"xvector": np.array(clone.xvector.astype(mx.float32))}
     metadata = {"format": VOICE_FORMAT, "format_version": str(VOICE_FORMAT_VERSION),
                 "model_fingerprint": model_fingerprint(model)}
@@ -294,6 +296,9 @@ def load_voice(path: str | os.PathLike, model) -> VoiceClone:
     ref_text = metadata.get("ref_text")
     if ref_text is not None and (not isinstance(ref_text, str) or not ref_text.strip()):
         raise ValueError(f"{path}: its reference text is empty")
+    if ref_text is not None and len(ref_text) > MAX_REF_TEXT_CHARS:
+        raise ValueError(f"{path}: its reference text is too long ({len(ref_text):,} characters; the limit is "
+                         f"{MAX_REF_TEXT_CHARS:,}); create the voice again with the reference's transcript")
     _check_tensors(path, header, model, ref_text is not None)
     if metadata.get("model_fingerprint") != model_fingerprint(model):
         raise ValueError(f"{path} was made with a different model (its encoders differ from {model.path}); "

@@ -54,19 +54,23 @@ def test_stream_concatenation_equals_one_shot_decode(custom, first, every):
 def test_long_text_is_spoken_segment_by_segment(custom):
     text = " ".join(f"This is sentence number {i}, and it goes on for a little while." for i in range(6))
     stats = SynthesisStats()
-    result = synthesize(custom, text, voice="ryan", seed=1, max_frames=6, max_segment_chars=140, stats=stats)
+    result = synthesize(custom, text, voice="ryan", seed=1, max_segment_tokens=140, stats=stats)
     assert stats.segments == len(split_text(text, 140)) >= 3
+    assert len(stats.stop_reasons) == stats.segments
     assert len(result.codes) == stats.frames and len(result.audio) == stats.frames * 1920
 
 
-@pytest.mark.parametrize("text, limit, expected", [
-    ("Short one.", 250, ["Short one."]),
-    ("One. Two! Three? Four.", 10, ["One. Two!", "Three?", "Four."]),
-    ("第一句。第二句！第三句？", 4, ["第一句。", "第二句！", "第三句？"]),
-    ("  spaced\n\nout   text ", 250, ["spaced out text"]),
-])
-def test_split_text(text, limit, expected):
-    assert split_text(text, limit) == expected
+def test_max_frames_caps_the_whole_request_not_each_segment(custom):
+    text = " ".join(f"This is sentence number {i}, and it goes on for a little while." for i in range(6))
+    stats = SynthesisStats()
+    result = synthesize(custom, text, voice="ryan", seed=1, max_frames=10, ignore_eos=True, max_segment_tokens=140,
+                        stats=stats)
+    assert len(split_text(text, 140)) >= 3
+    assert len(result.codes) == stats.frames == 10 and len(result.audio) == 10 * 1920
+    assert stats.segments == 1 and stats.stop_reasons == ["max_frames"]
+    # the first segment's frames are those it makes alone: the cut drops frames, never changes them
+    alone = synthesize(custom, split_text(text, 140)[0], voice="ryan", seed=1, max_frames=10, ignore_eos=True)
+    np.testing.assert_array_equal(result.codes, alone.codes)
 
 
 def test_stream_rejects_bad_options(custom):

@@ -204,7 +204,7 @@ def test_a_long_prompt_and_a_long_generation_match_an_independent_loop(custom):
     from mlx_qwen_tts.engine.prompt import build_prompt
     long_text = " ".join(f"word{i}" for i in range(150))
     long_request = make_request(custom.config, long_text, voice="ryan", greedy=True, max_frames=6,
-                                ignore_eos=True, max_segment_chars=5000)
+                                ignore_eos=True, max_segment_tokens=5000)
     long_run = make_request(custom.config, "Short.", voice="ryan", greedy=True, max_frames=300, ignore_eos=True)
     codes, _, _ = _run(custom, [long_run, long_request])
     long_prompt = build_prompt(custom, long_text, voice="ryan")

@@ -16,7 +16,6 @@ from mlx_qwen_tts.hub import DEFAULT_MODEL
 from mlx_qwen_tts.text import split_text
 
 MAX_SEED = 2 ** 64 - 1  # the sampling noise is keyed by a uint64
-SEGMENT_CHARS = 250  # text is generated in segments of up to this many characters
 # Playback chunks: small for a quick first sound, and all the same size, because the player
 # sizes its pre-buffer by the wait for a chunk like the last one.
 PLAY_CHUNK_FRAMES = 3
@@ -126,7 +125,7 @@ def _speak(text, *, model, voice, language, instruct, out, play, device, verbose
 
     if not play and out is None:
         raise click.ClickException("nothing to do: --no-play needs --out FILE")
-    segments = len(split_text(text, SEGMENT_CHARS))
+    segments = len(split_text(text))
     if out is not None:
         audio.check_writable(out)
     device = select_device(device)
@@ -155,7 +154,7 @@ def _speak(text, *, model, voice, language, instruct, out, play, device, verbose
     stats = SynthesisStats()
     chunk = dict(first_chunk_frames=PLAY_CHUNK_FRAMES, chunk_frames=PLAY_CHUNK_FRAMES) if play else {}
     pieces = stream(tts, text, voice=voice, language=language, instruct=instruct, max_frames=max_frames,
-                    stats=stats, max_segment_chars=SEGMENT_CHARS, **clone, **chunk, **sampling)
+                    stats=stats, **clone, **chunk, **sampling)
     kept = Output(out, tts.sample_rate)
     with kept.saving_partial(), contextlib.closing(pieces), \
             Progress(progress, segments, stats, kept) as bar, \

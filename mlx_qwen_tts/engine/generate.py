@@ -43,6 +43,7 @@ class GenerationStats:
     elapsed_s: float = 0.0
     stop_reason: str = ""  # eos | max_frames | runaway_budget | runaway_stuck | cancelled
     runaway: bool = False
+    runaway_detail: str = ""  # what the guard saw, for this generation's own report
 
 
 @dataclass(eq=False)
@@ -66,7 +67,12 @@ class Row:
 
     @property
     def limit(self) -> int:
-        return self.cap if self.settings.max_frames else min(self.cap, frame_budget(self.prompt.text_tokens))
+        """The cap, within the runaway budget from the text: a caller's max_frames lowers the budget,
+        never lifts it (only a benchmark that turned EOS off gets exactly max_frames)."""
+        s = self.settings
+        if s.ignore_eos and s.max_frames:
+            return self.cap
+        return min(self.cap, frame_budget(self.prompt.text_tokens))
 
 
 def _pad_axis(x: mx.array, axis: int, before: int, after: int) -> mx.array:
@@ -263,8 +269,10 @@ class Batch:
     def _runaway(self, row: Row, reason: str, detail: str):
         self._finish(row, reason)
         row.stats.runaway = True
-        warnings.warn(f"generation ran away and was stopped: {detail}; the audio is likely broken at the end",
-                      RuntimeWarning, stacklevel=2)
+        row.stats.runaway_detail = f"generation ran away and was stopped: {detail}; the audio is likely broken " \
+                                   "at the end"
+        # Python shows a repeated warning once per place; each request's stats keep their own report.
+        warnings.warn(row.stats.runaway_detail, RuntimeWarning, stacklevel=2)
 
 
 def generate_frames(model, prompt: Prompt, settings: GenerationSettings,

@@ -16,6 +16,14 @@ import numpy as np
 
 from mlx_qwen_tts.config import ModelConfig
 
+# Text that goes into every prefill whole (never split), so it has a limit. An instruct is a
+# sentence or two describing a voice; a transcript covers at most 30 s of reference audio
+# (voice.MAX_SECONDS), and even fast speech stays under 25 characters a second.
+MAX_INSTRUCT_CHARS = 1000
+MAX_REF_TEXT_CHARS = 1000
+# The prompt's fixed part: chat markers, the control block (codec prefix, speaker, pad, bos), tts_eos.
+PROMPT_OVERHEAD_TOKENS = 24
+
 
 @dataclass
 class VoiceClone:
@@ -33,6 +41,19 @@ class Prompt:
     tts_pad: mx.array  # [1, 1, H] text-track filler once `trailing` is used up
     text_tokens: int  # target-text token count (sizes the runaway guard)
     ref_frames: int = 0  # in-context reference frames (their audio is trimmed after decoding)
+
+
+def check_text_limit(name: str, text: str | None, limit: int) -> None:
+    """A one-line error for text longer than `limit` characters, before any model work."""
+    if text is not None and len(text) > limit:
+        raise ValueError(f"{name} is too long ({len(text):,} characters); the limit is {limit:,}")
+
+
+def check_positions(cfg: ModelConfig, tokens: int, what: str = "prompt") -> None:
+    limit = cfg.talker.max_position_embeddings
+    if tokens > limit:
+        raise ValueError(f"the {what} is {tokens:,} tokens; this model's talker takes at most {limit:,} "
+                         "(max_position_embeddings): shorten the text, instruct or reference")
 
 
 def resolve_voice(cfg: ModelConfig, voice: str | None) -> str | None:
@@ -85,6 +106,7 @@ def build_prompt(model, text: str, *, voice: str | None = None, language: str = 
     talker, tok, ids = model.talker, model.tokenizer, cfg.ids
     if not text or not text.strip():
         raise ValueError("text is empty: nothing to say")
+    check_text_limit("instruct", instruct, MAX_INSTRUCT_CHARS)
     if clone is not None and cfg.model_type != "base":
         raise ValueError(f"voice cloning needs a Base model; this one is {cfg.model_type}")
     if clone is None and cfg.model_type == "base":
@@ -120,6 +142,7 @@ def build_prompt(model, text: str, *, voice: str | None = None, language: str = 
     if clone is not None and clone.ref_codes is not None:
         if not clone.ref_text:
             raise ValueError("in-context cloning needs the reference text (ref_text)")
+        check_text_limit("ref_text", clone.ref_text, MAX_REF_TEXT_CHARS)
         ref_ids = tok.encode_template(REF_TEMPLATE, text=clone.ref_text)[3:-2]
         part, trailing = _icl_part(model, ref_ids + body, clone.ref_codes, tts_eos, tts_pad, non_streaming_text)
         parts.append(part)
@@ -131,7 +154,9 @@ def build_prompt(model, text: str, *, voice: str | None = None, language: str = 
     else:
         parts.append(P(_ids(body[:1])) + codec[:, -1:])
         trailing = mx.concatenate([P(_ids(body[1:])), tts_eos], axis=1) if len(body) > 1 else tts_eos
-    return Prompt(embeds=mx.concatenate(parts, axis=1), trailing=trailing, tts_pad=tts_pad,
+    embeds = mx.concatenate(parts, axis=1)
+    check_positions(cfg, embeds.shape[1])
+    return Prompt(embeds=embeds, trailing=trailing, tts_pad=tts_pad,
                   text_tokens=len(body), ref_frames=ref_frames)
 
 

@@ -13,9 +13,10 @@ import numbers
 from dataclasses import dataclass, replace
 
 from mlx_qwen_tts.config import GenerationConfig, ModelConfig
-from mlx_qwen_tts.engine.prompt import VoiceClone, resolve_language, resolve_voice
+from mlx_qwen_tts.engine.prompt import (MAX_INSTRUCT_CHARS, MAX_REF_TEXT_CHARS, PROMPT_OVERHEAD_TOKENS, VoiceClone,
+                                        check_positions, check_text_limit, resolve_language, resolve_voice)
 from mlx_qwen_tts.engine.sampling import SamplerSettings
-from mlx_qwen_tts.text import split_text
+from mlx_qwen_tts.text import MIN_SEGMENT_TOKENS, SEGMENT_TOKENS, split_text
 
 MAX_SEED = 2**64 - 1  # sampling noise is keyed by a 64-bit seed
 
@@ -104,21 +105,40 @@ def _float(name, value, low, high, *, low_open=False):
 def _text(name, value):
     if value is not None and not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{name} is not valid Unicode text (a lone surrogate at character {e.start})") from None
     return value
+
+
+def _worst_prompt_tokens(request_segments, instruct, ref_text, ref_frames) -> int:
+    """An upper bound on the longest segment's prompt, from UTF-8 bytes (byte-level BPE: at most
+    one token per byte) without tokenizing."""
+    def size(value):
+        return len(value.encode("utf-8")) if value else 0
+
+    return (PROMPT_OVERHEAD_TOKENS + max(map(size, request_segments)) + size(instruct) + size(ref_text)
+            + ref_frames)
 
 
 def make_request(cfg: ModelConfig, text, *, voice=None, language="auto", instruct=None, greedy=False,
                  seed=None, non_streaming_text=True, max_frames=None, temperature=None, top_k=None, top_p=None,
                  ref_audio=None, ref_text=None, voice_file=None, clone: VoiceClone | None = None,
-                 first_chunk_frames: int = 2, chunk_frames: int = 8, max_segment_chars: int = 250,
+                 first_chunk_frames: int = 2, chunk_frames: int = 8, max_segment_tokens: int = SEGMENT_TOKENS,
                  ignore_eos: bool = False) -> Request:
-    """Check every user value against the model's configuration; raise a one-line ValueError."""
-    _text("text", text)
-    segments = tuple(split_text(text or "", max_segment_chars))
+    """Check every user value against the model's configuration and the limits; raise a one-line
+    ValueError. Text of any length is split into segments of at most `max_segment_tokens` tokens;
+    instruct and ref_text, which go whole into every prompt, have their own limits."""
+    for name, value in (("text", text), ("voice", voice), ("language", language), ("instruct", instruct),
+                        ("ref_text", ref_text)):
+        _text(name, value)
+    check_text_limit("instruct", instruct, MAX_INSTRUCT_CHARS)
+    check_text_limit("ref_text", ref_text, MAX_REF_TEXT_CHARS)
+    segments = tuple(split_text(text or "", _int("max_segment_tokens", max_segment_tokens, MIN_SEGMENT_TOKENS)))
     if not segments:
         raise ValueError("text is empty: nothing to say")
-    for name, value in (("voice", voice), ("language", language), ("instruct", instruct), ("ref_text", ref_text)):
-        _text(name, value)
     cloning = clone is not None or ref_audio is not None or voice_file is not None
     if voice_file is not None and ref_audio is not None:
         raise ValueError("give either ref_audio or voice_file, not both")
@@ -132,6 +152,17 @@ def make_request(cfg: ModelConfig, text, *, voice=None, language="auto", instruc
         raise ValueError("in-context cloning needs the reference text (ref_text)")
     voice = resolve_voice(cfg, voice)
     language = resolve_language(cfg, language)
+    if clone is not None:
+        check_text_limit("ref_text", clone.ref_text, MAX_REF_TEXT_CHARS)
+        ref_text_in_prompt, ref_frames = clone.ref_text, 0 if clone.ref_codes is None else clone.ref_codes.shape[0]
+    else:
+        ref_text_in_prompt, ref_frames = ref_text, 0
+        if ref_text is not None:
+            from mlx_qwen_tts.voice import MAX_REF_FRAMES
+
+            ref_frames = MAX_REF_FRAMES
+    check_positions(cfg, _worst_prompt_tokens(segments, instruct, ref_text_in_prompt, ref_frames),
+                    "prompt (at most)")
     settings = GenerationSettings.from_config(
         cfg.generation, greedy=bool(greedy), seed=_int("seed", seed, 0, MAX_SEED),
         max_frames=_int("max_frames", max_frames, 1), temperature=_float("temperature", temperature, 0, 100),

@@ -35,8 +35,9 @@ class SynthesisStats:
     prefill_s: float = 0.0
     host_syncs: int = 0
     peak_memory_gb: float = 0.0
-    stop_reasons: list = field(default_factory=list)  # per segment, in order
+    stop_reasons: list = field(default_factory=list)  # per segment spoken, in order
     runaway: bool = False
+    runaways: list = field(default_factory=list)  # one report per runaway segment of this request
     events: list | None = field(default=None, repr=False)  # ("frame" | "chunk", count) in order, if asked
 
     @property
@@ -61,6 +62,7 @@ class Synthesis:
         self.finished = False
         self.error: BaseException | None = None
         self.submitted = time.perf_counter()
+        self.prepared: Prepared | None = None  # the voice set-up, if made before submission (Engine)
         self.on_chunk = None  # called (on the engine's thread) after each new chunk and at the end
 
     def push(self, item):
@@ -98,6 +100,26 @@ class Synthesis:
             raise self.error
 
 
+@dataclass
+class Prepared:
+    """A request's MLX set-up before its first row: its voice clone, and the codec state to decode
+    its audio from (in-context cloning primes it with the reference, whose audio is dropped)."""
+
+    clone: object
+    codec_state: object
+
+
+def prepare(model, request: Request) -> Prepared:
+    """Encode the reference or read the voice file, and prime the codec: evaluated here, so a
+    thread other than the one generating can do it (Engine)."""
+    clone = resolve_clone(model, request)
+    state = model.codec.make_state()
+    if clone is not None and clone.ref_codes is not None:
+        _, state = model.codec(clone.ref_codes[None], state)
+    mx.eval(clone.xvector if clone is not None else None, state)
+    return Prepared(clone, state)
+
+
 @dataclass(eq=False)
 class _Job:
     """A request's progress inside the scheduler."""
@@ -113,6 +135,8 @@ class _Job:
     pending: list = field(default_factory=list)  # frames of out_segment waiting for a chunk
     chunks: list = field(default_factory=list)  # full chunks (lists of frames) waiting for the codec
     decoded: int = 0  # chunks decoded so far
+    delivered: int = 0  # frames taken into `pending` (the request's max_frames counts these)
+    end: int = 0  # segments to speak: all of them, unless max_frames cut the request short
     complete: bool = False  # every frame is in `chunks` or decoded
 
     @property
@@ -157,7 +181,7 @@ class Scheduler:
                 batch.step()
 
     def submit(self, synthesis: Synthesis):
-        self.jobs.append(_Job(synthesis, next(self._order)))
+        self.jobs.append(_Job(synthesis, next(self._order), end=len(synthesis.request.segments)))
 
     def run_once(self):
         """One frame for every row: admissions, the step, stop rules, audio out."""
@@ -183,14 +207,19 @@ class Scheduler:
         """Free rows go to pending segments: earlier segments first, then older requests, so a
         new request's first sentence is not stuck behind a long text's later ones. Every first
         segment joins at once; a later one (generated ahead) only on a frame when nothing else
-        joins, so prefills of text still far off never delay the first audio."""
+        joins, so prefills of text still far off never delay the first audio. With no free row,
+        a new request takes one from a request generating ahead of what it has delivered."""
         free = self.max_batch - sum(1 for row in self.batch.rows if not (row.done or row.cancelled))
         admitted = 0
-        while free > 0:
-            candidates = [job for job in self.jobs if job.next_segment < len(job.request.segments)]
+        while True:
+            candidates = [job for job in self.jobs if job.next_segment < job.end]
             job = min(candidates, key=lambda j: (j.next_segment, j.order), default=None)
             if job is None or (job.next_segment > 0 and admitted):
                 return
+            if free <= 0:
+                if job.next_segment > 0 or not self._preempt():
+                    return
+                free += 1
             admitted += 1
             try:
                 self._start_segment(job)
@@ -199,14 +228,29 @@ class Scheduler:
                 continue
             free -= 1
 
+    def _preempt(self) -> bool:
+        """Free the row of the furthest-ahead segment of the request holding the most rows, if any
+        request is generating a segment beyond the one it is delivering. That segment starts again
+        later from its prompt (its frames were not delivered; seeded rows repeat exactly)."""
+        def ahead(job):
+            row = job.rows.get(job.next_segment - 1)
+            return row is not None and not (row.done or row.cancelled) and row.segment > job.out_segment
+
+        victims = [job for job in self.jobs if ahead(job)]
+        if not victims:
+            return False
+        job = max(victims, key=lambda j: (len(j.rows), j.order))
+        segment = job.next_segment - 1
+        job.rows.pop(segment).cancelled = True
+        del job.frames[segment]
+        job.next_segment = segment
+        return True
+
     def _start_segment(self, job: _Job):
         request, index = job.request, job.next_segment
         if index == 0:
-            job.clone = resolve_clone(self.model, request)
-            job.codec_state = self.model.codec.make_state()
-            if job.clone is not None and job.clone.ref_codes is not None:
-                # In-context cloning decodes reference + generated codes and drops the reference's audio.
-                _, job.codec_state = self.model.codec(job.clone.ref_codes[None], job.codec_state)
+            prepared = job.synthesis.prepared or prepare(self.model, request)
+            job.clone, job.codec_state = prepared.clone, prepared.codec_state
         prompt = build_prompt(self.model, request.segments[index], voice=request.voice, language=request.language,
                               instruct=request.instruct, non_streaming_text=request.non_streaming_text,
                               clone=job.clone)
@@ -224,6 +268,7 @@ class Scheduler:
             row = job.rows[segment]
             for frame in job.frames[segment]:
                 job.pending.append(frame)
+                job.delivered += 1
                 if synthesis.stats.events is not None:
                     synthesis.stats.events.append(("frame", synthesis.stats.frames + len(job.pending)))
                 if synthesis.codes_out is not None:
@@ -232,16 +277,31 @@ class Scheduler:
                 if len(job.pending) >= size:
                     job.chunks.append(job.pending)
                     job.pending = []
+                if job.delivered == request.settings.max_frames:
+                    self._stop_at_max_frames(job, row)
+                    break
             job.frames[segment] = []
             if not row.done:
                 return
             self._segment_done(job, row)
             job.out_segment += 1
-        if job.out_segment == len(request.segments):
+        if job.out_segment == job.end:
             if job.pending:
                 job.chunks.append(job.pending)
                 job.pending = []
             job.complete = True
+
+    def _stop_at_max_frames(self, job: _Job, row: Row):
+        """The request's max_frames counts every segment: the one delivering ends here, the rest
+        are not spoken (rows generating ahead are freed)."""
+        if not row.done or job.end > row.segment + 1:
+            row.stats.stop_reason = "max_frames"
+        row.done = True
+        for segment in list(job.rows):
+            if segment != row.segment:
+                job.rows.pop(segment).cancelled = True
+                del job.frames[segment]
+        job.next_segment = job.end = row.segment + 1
 
     def _segment_done(self, job: _Job, row: Row):
         stats = job.synthesis.stats
@@ -249,6 +309,8 @@ class Scheduler:
         stats.host_syncs += row.stats.host_syncs
         stats.stop_reasons.append(row.stats.stop_reason)
         stats.runaway |= row.stats.runaway
+        if row.stats.runaway:
+            stats.runaways.append(f"segment {row.segment + 1}: {row.stats.runaway_detail}")
         del job.rows[row.segment], job.frames[row.segment]
 
     def _decode_chunks(self):
