@@ -177,6 +177,8 @@ def test_reference_is_mixed_to_mono_and_resampled(tmp_path):
 def test_clone_needs_a_base_model_and_real_ref_text(model_dir, model, voice):
     with pytest.raises(ValueError, match="ref_text is empty"):
         make_voice_clone(model, voice["wave"], "  ")
+    with pytest.raises(ValueError, match="^ref_text is too long \\(100,000 characters\\)"):  # `voices create`
+        make_voice_clone(model, voice["wave"], "word " * 20_000)
     custom = load_model(model_dir("customvoice_0b6"), dtype=mx.float32, codec=False)
     with pytest.raises(ValueError, match="needs a Base model"):
         make_voice_clone(custom, voice["wave"])
@@ -211,6 +213,7 @@ def _nan_xvector(t, m):
     (lambda t, m: t.update(extra=np.zeros(3, np.float32)), "holds the tensors"),
     (lambda t, m: m.pop("ref_text"), "holds the tensors"),
     (lambda t, m: m.update(format_version="x"), "format_version"),
+    (lambda t, m: m.update(ref_text="word " * 20_000), "its reference text is too long \\(100,000 characters"),
 ])
 def test_hand_edited_voice_file_is_rejected_before_the_model(model, clones, tmp_path, edit, message):
     from mlx_qwen_tts.api import synthesize

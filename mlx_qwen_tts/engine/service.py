@@ -1,7 +1,11 @@
 """`Engine`: continuous batching as a long-lived service (the server uses it).
 
-One background thread owns the scheduler and all MLX work; `submit`, `cancel` and `call` are
-thread-safe. Requests join the running batch at the next frame and leave it when they end.
+One background thread owns the scheduler and generates; `submit`, `cancel`, `call` and
+`call_aside` are thread-safe. Requests join the running batch at the next frame and leave it when
+they end. A second thread, with its own MLX stream, does the set-up that would otherwise pause
+every stream for longer than a frame: encoding reference recordings, reading voice files, priming
+the codec with a reference, registering voices. Its results are evaluated before they are handed
+over, so no lazy graph crosses threads (MLX >= 0.31.2 allows one stream per thread).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from concurrent.futures import Future
 import mlx.core as mx
 
 from mlx_qwen_tts.engine.request import make_request
-from mlx_qwen_tts.engine.scheduler import END, Scheduler, Synthesis
+from mlx_qwen_tts.engine.scheduler import END, Scheduler, Synthesis, prepare
 
 
 class QueueFull(RuntimeError):
@@ -39,13 +43,17 @@ class Engine:
             model_fingerprint(model)
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._aside: queue.SimpleQueue = queue.SimpleQueue()  # Synthesis to prepare, or (future, fn, args)
         self._lock = threading.Lock()
-        self._waiting = 0  # submitted, no row yet (inbox + scheduler)
+        self._waiting = 0  # submitted, no row yet (being prepared + inbox + scheduler)
+        self._preparing = 0
         self._active_rows = 0
         self._closed = threading.Event()
         self._device = mx.default_device()
         self._thread = threading.Thread(target=self._run, name="mlx-qwen-tts-engine", daemon=True)
+        self._aside_thread = threading.Thread(target=self._run_aside, name="mlx-qwen-tts-prepare", daemon=True)
         self._thread.start()
+        self._aside_thread.start()
         atexit.register(self.close)  # a live MLX thread at interpreter exit aborts the process
 
     @property
@@ -70,8 +78,10 @@ class Engine:
             if self.max_queue is not None and self._waiting >= self.max_queue:
                 raise QueueFull(f"{self._waiting} requests are already waiting")
             self._waiting += 1
+            cloning = request.clone is not None or request.ref_audio is not None or request.voice_file is not None
+            self._preparing += cloning
         synthesis = Synthesis(request, stats)
-        self._inbox.put(synthesis)
+        (self._aside if cloning else self._inbox).put(synthesis)
         return synthesis
 
     def warm_up(self):
@@ -80,40 +90,74 @@ class Engine:
         self.call(self._scheduler.warm_up).result()
 
     def call(self, fn, *args) -> Future:
-        """Run `fn(*args)` on the engine's thread between two frames (MLX work that must not run
-        beside generation, e.g. encoding a reference voice); the future holds its result."""
-        future: Future = Future()
-        if self._closed.is_set():
-            future.set_exception(RuntimeError("the engine is closed"))
-            return future
-        self._calls.put((future, fn, args))
+        """Run `fn(*args)` on the engine's thread between two frames (MLX work that must see no
+        generation in flight, e.g. tracing); the future holds its result. Every stream waits for it."""
+        future = self._queue_call(self._calls, fn, args)
         self._inbox.put(None)  # wakes an idle engine
         return future
 
+    def call_aside(self, fn, *args) -> Future:
+        """Run `fn(*args)` on the side thread, beside generation (streams do not pause): MLX work
+        such as encoding or checking a voice. Evaluate what it returns (mx.eval) before returning it."""
+        return self._queue_call(self._aside, fn, args)
+
+    def _queue_call(self, calls: queue.SimpleQueue, fn, args) -> Future:
+        future: Future = Future()
+        if self._closed.is_set():
+            future.set_exception(RuntimeError("the engine is closed"))
+        else:
+            calls.put((future, fn, args))
+        return future
+
     def close(self, timeout: float | None = None):
-        """Stop: every unfinished request and call is cancelled; waits for the thread."""
+        """Stop: every unfinished request and call is cancelled; waits for the threads."""
         atexit.unregister(self.close)
         self._closed.set()
         self._inbox.put(None)
         self._thread.join(timeout)
-        self._run_calls(closed=True)
+        self._aside.put(None)
+        self._aside_thread.join(timeout)
+        self._run_calls(self._calls, closed=True)
+        self._run_calls(self._aside, closed=True)
+        self._cancel_inbox()  # handed over by the side thread after the engine stopped
 
-    def _run_calls(self, closed: bool = False):
-        """Run the queued calls (or, once closed, fail them)."""
+    @staticmethod
+    def _run_calls(calls: queue.SimpleQueue, closed: bool = False):
+        """Run the queued calls (or, once closed, fail them and cancel the requests to prepare)."""
         while True:
             try:
-                future, fn, args = self._calls.get_nowait()
+                item = calls.get_nowait()
             except queue.Empty:
                 return
-            if not future.set_running_or_notify_cancel():
-                continue
-            if closed:
-                future.set_exception(RuntimeError("the engine is closed"))
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as e:  # handed to the caller
-                future.set_exception(e)
+            if isinstance(item, Synthesis):
+                _cancel(item)
+            elif item is not None:
+                _run_call(*item, closed=closed)
+
+    def _run_aside(self):
+        with mx.stream(mx.new_stream(self._device)):
+            while True:
+                item = self._aside.get()
+                if item is None:
+                    break
+                if isinstance(item, Synthesis):
+                    self._prepare(item)
+                else:
+                    _run_call(*item, closed=self._closed.is_set())
+            mx.synchronize()
+        mx.clear_streams()
+
+    def _prepare(self, synthesis: Synthesis):
+        """Encode the voice of a cloning request, then hand it to the engine's thread."""
+        try:
+            if not (synthesis.cancelled or self._closed.is_set()):
+                synthesis.prepared = prepare(self.model, synthesis.request)
+        except Exception as e:  # bad reference audio, a broken voice file: this request only
+            synthesis.error = e
+            _cancel(synthesis, cancelled=False)
+        with self._lock:
+            self._preparing -= 1
+        self._inbox.put(None if synthesis.finished else synthesis)  # None: wakes the engine to recount
 
     def __enter__(self) -> "Engine":
         return self
@@ -139,30 +183,51 @@ class Engine:
                 except Exception as e:  # a fault of the whole batch: end its requests, keep serving
                     scheduler.fail_all(e)
             with self._lock:
-                self._waiting = scheduler.waiting + self._inbox.qsize()
+                self._waiting = scheduler.waiting + self._inbox.qsize() + self._preparing
             self._active_rows = sum(1 for row in scheduler.batch.rows if not (row.done or row.cancelled))
         for job in list(scheduler.jobs):
             job.synthesis.cancelled = True
             scheduler._fail(job, None)
-        while True:  # requests that arrived while closing
+        self._cancel_inbox()
+
+    def _cancel_inbox(self):
+        """Requests that arrived while closing."""
+        while True:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
             if item is not None:
-                item.cancelled = item.finished = True
-                item.push(END)
+                _cancel(item)
 
     def _take_new(self, block: bool):
-        self._run_calls()
+        self._run_calls(self._calls)
         try:
             item = self._inbox.get(block=block)
         except queue.Empty:
             return
-        self._run_calls()
+        self._run_calls(self._calls)
         while item is not None:
             self._scheduler.submit(item)
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+
+def _run_call(future: Future, fn, args, closed: bool):
+    if not future.set_running_or_notify_cancel():
+        return
+    if closed:
+        future.set_exception(RuntimeError("the engine is closed"))
+        return
+    try:
+        future.set_result(fn(*args))
+    except BaseException as e:  # handed to the caller
+        future.set_exception(e)
+
+
+def _cancel(synthesis: Synthesis, cancelled: bool = True):
+    """End a request that gets no row: as cancelled, or with its error set."""
+    synthesis.cancelled, synthesis.finished = cancelled, True
+    synthesis.push(END)

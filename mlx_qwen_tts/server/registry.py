@@ -24,7 +24,7 @@ def check_name(name) -> str:
 
 
 class VoiceRegistry:
-    """Voices in a folder; `engine.call` runs the MLX work (encoding, checks) on the engine thread."""
+    """Voices in a folder; `engine.call_aside` runs the MLX work (encoding, checks) beside generation."""
 
     def __init__(self, folder: str | os.PathLike | None, engine, model, log=None):
         self.folder = Path(folder) if folder is not None else None
@@ -49,7 +49,7 @@ class VoiceRegistry:
             if not NAME.match(name):
                 continue
             try:
-                clone = self.engine.call(load_voice, path, self.model).result()
+                clone = self.engine.call_aside(load_voice, path, self.model).result()
             except (ValueError, OSError) as e:
                 if self.log:
                     self.log.warning("skipping voice %s: %s", path, e)
@@ -87,7 +87,7 @@ class VoiceRegistry:
 
         try:
             started = time.perf_counter()
-            self.engine.call(encode).result()
+            self.engine.call_aside(encode).result()
         except BaseException:
             with self._lock:
                 self._voices.pop(name, None)
