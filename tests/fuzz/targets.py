@@ -3,7 +3,8 @@
 config (config.json, speech_tokenizer/config.json, generation_config.json via load_model_config),
 safetensors as a Hugging Face snapshot reads it (read_safetensors), a converted folder (index + shards,
 read_converted_weights), voice files (voice.load_voice), GGUF pairs of each dialect (the converter up to
-writing; one pair converted in full), reference audio files and arrays (voice.load_reference_audio).
+writing; one pair converted in full), reference audio files and arrays (voice.load_reference_audio),
+and text of any script and length (the splitter through engine/request.make_request).
 """
 
 from __future__ import annotations
@@ -331,13 +332,43 @@ def audio_array_target() -> Target:
     return Target("audio-array", generate, lambda case: load_reference_audio(case[0], case[1]), weight=20)
 
 
+# ---- text: the splitter's bounds through make_request ----
+
+TEXT_PIECES = ["Hello", " ", "world", ".", ",", "!", "?", "。", "，", "、", "中文", "ภาษาไทย", "😀",
+               "👨\u200d👩\u200d👧", "\ufe0f", "\u0301", "\u200b", "\u200d", "\n", "\t", "—", '"', "…", "\udcff",
+               "\U0001F3FD", "ﬀ", "\uFB2C", "x" * 300]
+
+
+def text_target(fixtures: Path) -> Target:
+    import unicodedata
+
+    from mlx_qwen_tts.config import load_model_config
+    from mlx_qwen_tts.engine.request import make_request
+
+    cfg = load_model_config(fixtures / "models" / "customvoice_1b7")
+
+    def generate(rng):
+        pieces = [rng.choice(TEXT_PIECES) if rng.randrange(3) else chr(rng.randrange(0x110000))
+                  for _ in range(rng.choice([1, 10, 200, 3000]))]
+        return "".join(pieces) * rng.choice([1, 1, 1, 30]), rng.choice([1, 8, 9, 40, 250, 100_000])
+
+    def run(case):
+        text, budget = case
+        segments = make_request(cfg, text, voice="ryan", max_segment_tokens=budget).segments
+        visible = "".join(unicodedata.normalize("NFC", text).split())
+        if not all(s and len(s.encode()) <= budget for s in segments) or "".join(
+                "".join(s.split()) for s in segments) != visible:
+            raise AssertionError(f"split_text broke its bounds for a {len(text)}-character text, budget {budget}")
+    return Target("text-splitter", generate, run, weight=5)
+
+
 def all_targets(fixtures: Path, work: Path, full_gguf: bool = True) -> list[Target]:
     dirs = {n: work / n for n in ("config", "st", "conv", "voice", "gguf", "audio")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     targets = [config_target(fixtures, dirs["config"]), safetensors_target(dirs["st"]),
                converted_target(dirs["conv"]), voice_target(fixtures, dirs["voice"]), audio_target(dirs["audio"]),
-               audio_array_target()]
+               audio_array_target(), text_target(fixtures)]
     pairs = gguf_pairs(fixtures, dirs["gguf"])
     for name in ("qwen3-tts", "crispasr", "hf-names"):
         targets.append(gguf_target(name, pairs[name], dirs["gguf"], "talker"))
