@@ -19,9 +19,10 @@ import itertools
 import re
 import unicodedata
 
-# Segment budget in tokens (bytes). Prefill of 250 tokens costs about one frame step of the
-# 0.6B talker (2 x 0.44 GFLOP per token), so a row joining the batch stalls the others for about
-# a frame; it is ~250 characters of English, ~80 of Chinese (a few sentences). bench/bench_prefill.py
+# Segment budget in tokens (bytes): ~250 characters of English, ~80 of Chinese (a few sentences).
+# A 250-token prefill of the 0.6B talker (~0.2 TFLOP) is about half a frame step on an Apple GPU
+# (~9 on a loaded CPU), so a row joining the batch stalls the others briefly; past ~500 tokens the
+# quadratic attention term grows fast (bench/bench_fairness.py, bench/README.md).
 SEGMENT_TOKENS = 250
 MIN_SEGMENT_TOKENS = 8  # a budget must hold any one character (4 bytes) and some context
 
