@@ -128,9 +128,11 @@ LONG = " ".join(SENTENCE.strip().rstrip(",") + f" number {i}." for i in range(3)
 def test_max_seconds_caps_the_whole_output_not_each_segment(mlx_model, tmp_path):
     model = load_model(mlx_model, dtype=mx.float32)
     stats = SynthesisStats()
-    per_segment = synthesize(model, LONG, seed=SEED, max_frames=13, stats=stats).audio  # each segment ≤ 1.04 s
+    per_segment = synthesize(model, LONG, seed=SEED, stats=stats).audio  # uncapped
     cap = 13 * SAMPLES_PER_FRAME
     assert stats.segments == 3 and len(per_segment) > cap  # without a total cap the output is longer
+    capped = synthesize(model, LONG, seed=SEED, max_frames=13, stats=stats).audio  # the API caps the whole too
+    np.testing.assert_allclose(capped, per_segment[:cap], atol=1e-6, rtol=0)  # chunked alike but the last
     out = tmp_path / "x.wav"
     result = speak(mlx_model, LONG, "--out", out, "--max-seconds", 1, "--progress")
     assert result.exit_code == 0, result.output
