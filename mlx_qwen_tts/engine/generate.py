@@ -272,7 +272,8 @@ class Batch:
         row.stats.runaway_detail = f"generation ran away and was stopped: {detail}; the audio is likely broken " \
                                    "at the end"
         # Python shows a repeated warning once per place; each request's stats keep their own report.
-        warnings.warn(row.stats.runaway_detail, RuntimeWarning, stacklevel=2)
+        where = f"segment {row.segment + 1}: " if row.owner is not None else ""
+        warnings.warn(where + row.stats.runaway_detail, RuntimeWarning, stacklevel=2)
 
 
 def generate_frames(model, prompt: Prompt, settings: GenerationSettings,
