@@ -31,7 +31,7 @@ _SENTENCE_END = re.compile(r"[.!?;…]+[\"'”’»)\]]*(?= )|[。！？；]+[�
 _CLAUSE_END = re.compile(r"[,:—–]+[\"'”’»)\]]*(?= )|[，、：]")
 _SPACE = re.compile(" ")
 # Text the ear cannot hear: whitespace and zero-width or formatting characters only.
-_AUDIBLE = re.compile(r"[^\s\u00ad\u034f\u061c\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+_AUDIBLE = re.compile(r"[^\s\u00ad\u034f\u061c\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
                       r"\ufe00-\ufe0f\ufeff]")
 
 
