@@ -135,6 +135,9 @@ def test_voices_create_checks_its_output_before_any_model_work(reference_wav, tm
     result = run("voices", "create", "--ref-audio", silent, "--model", tmp_path / "nope",
                  "-o", tmp_path / "v.safetensors")
     assert_one_line_error(result, "silent")
+    result = run("voices", "create", "--ref-audio", reference_wav, "--ref-text", "word " * 20_000,
+                 "--model", tmp_path / "nope", "-o", tmp_path / "v.safetensors")
+    assert_one_line_error(result, "--ref-text is too long (100,000 characters); the limit is 1,000")
 
 
 def test_failed_voice_write_names_the_users_path(base_model, reference_wav, tmp_path, monkeypatch):

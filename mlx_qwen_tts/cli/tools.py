@@ -133,6 +133,7 @@ def voice_create(ref_audio, ref_text, model, out, device):
     """Encode a reference recording once and save it for `speak --voice-file`."""
     with user_errors():
         from mlx_qwen_tts.config import load_model_config
+        from mlx_qwen_tts.engine.prompt import MAX_REF_TEXT_CHARS, check_text_limit
         from mlx_qwen_tts.hub import resolve_model
         from mlx_qwen_tts.loading import load_model
         from mlx_qwen_tts.voice import SAMPLE_RATE, check_voice_path, load_reference_audio, make_voice_clone, save_voice
@@ -140,6 +141,7 @@ def voice_create(ref_audio, ref_text, model, out, device):
         check_voice_path(out)  # the output and the recording are checked before any model work
         if ref_text is not None and not ref_text.strip():
             raise click.ClickException("--ref-text is empty; give the recording's transcript, or leave it out")
+        check_text_limit("--ref-text", ref_text, MAX_REF_TEXT_CHARS)
         wave = load_reference_audio(str(ref_audio))
         device = select_device(device)
         folder = resolve_model(model)
