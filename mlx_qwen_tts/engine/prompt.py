@@ -49,11 +49,12 @@ def check_text_limit(name: str, text: str | None, limit: int) -> None:
         raise ValueError(f"{name} is too long ({len(text):,} characters); the limit is {limit:,}")
 
 
-def check_positions(cfg: ModelConfig, tokens: int, what: str = "prompt") -> None:
+def check_positions(cfg: ModelConfig, tokens: int, estimate: bool = False) -> None:
     limit = cfg.talker.max_position_embeddings
     if tokens > limit:
-        raise ValueError(f"the {what} is {tokens:,} tokens; this model's talker takes at most {limit:,} "
-                         "(max_position_embeddings): shorten the text, instruct or reference")
+        raise ValueError(f"the prompt is {'up to ' if estimate else ''}{tokens:,} tokens; this model's talker "
+                         f"takes at most {limit:,} (max_position_embeddings): shorten the instruct or reference, "
+                         "or use smaller segments")
 
 
 def resolve_voice(cfg: ModelConfig, voice: str | None) -> str | None:

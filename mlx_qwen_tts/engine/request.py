@@ -161,8 +161,7 @@ def make_request(cfg: ModelConfig, text, *, voice=None, language="auto", instruc
             from mlx_qwen_tts.voice import MAX_REF_FRAMES
 
             ref_frames = MAX_REF_FRAMES
-    check_positions(cfg, _worst_prompt_tokens(segments, instruct, ref_text_in_prompt, ref_frames),
-                    "prompt (at most)")
+    check_positions(cfg, _worst_prompt_tokens(segments, instruct, ref_text_in_prompt, ref_frames), estimate=True)
     settings = GenerationSettings.from_config(
         cfg.generation, greedy=bool(greedy), seed=_int("seed", seed, 0, MAX_SEED),
         max_frames=_int("max_frames", max_frames, 1), temperature=_float("temperature", temperature, 0, 100),
