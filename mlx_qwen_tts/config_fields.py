@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class ConfigError(ValueError):
     """A model folder's configuration is missing, unreadable or inconsistent."""
@@ -47,12 +49,20 @@ class _Reader:
                 raise ConfigError(f"{self.where}: field '{key}' must be a list of positive integers, "
                                   f"got {value!r:.60}")
             return tuple(value)
+        if kind is bool and not isinstance(value, bool):
+            raise ConfigError(f"{self.where}: field '{key}' must be true or false, got {value!r:.60}")
         if kind is str and not isinstance(value, str):
             raise ConfigError(f"{self.where}: field '{key}' must be a string, got {value!r:.60}")
         if kind is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{self.where}: field '{key}' must be a number, got {value!r}")
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                number = float("inf")
+            if not math.isfinite(number):
+                raise ConfigError(f"{self.where}: field '{key}' must be a finite number, got {value!r:.60}")
+            return number
         if kind is list and not isinstance(value, list):
             raise ConfigError(f"{self.where}: field '{key}' must be a list, got {value!r}")
         if kind is dict and not isinstance(value, dict):

@@ -36,6 +36,7 @@ class SynthesisStats:
     host_syncs: int = 0
     peak_memory_gb: float = 0.0
     stop_reasons: list = field(default_factory=list)  # per segment, in order
+    segment_frames: list = field(default_factory=list)  # frames of each finished segment, in order
     runaway: bool = False
     events: list | None = field(default=None, repr=False)  # ("frame" | "chunk", count) in order, if asked
 
@@ -248,6 +249,7 @@ class Scheduler:
         stats.segments += 1
         stats.host_syncs += row.stats.host_syncs
         stats.stop_reasons.append(row.stats.stop_reason)
+        stats.segment_frames.append(row.stats.frames)
         stats.runaway |= row.stats.runaway
         del job.rows[row.segment], job.frames[row.segment]
 
