@@ -8,6 +8,7 @@ temporary sibling folder and renamed only once complete and verified.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_qwen_tts.atomic import pid_alive, remove_stale, temp_folder, user_paths
+from mlx_qwen_tts.atomic import MIN_FREE_BYTES, check_free_space, pid_alive, remove_stale, temp_folder, user_paths
 from mlx_qwen_tts.tokenizer import BUILT_FILE, TextTokenizer
 from mlx_qwen_tts.config import load_model_config
 from mlx_qwen_tts.loading import (FORMAT_KEY, FORMAT_VERSION, is_converted, load_model, map_hf_codec_weights,
@@ -48,7 +49,12 @@ class ShardWriter:
         if not self.pending:
             return
         name = f"model-{len(self.files) + 1:05d}.safetensors"
-        mx.save_safetensors(str(self.folder / name), self.pending, metadata={"format": "mlx"})
+        try:
+            mx.save_safetensors(str(self.folder / name), self.pending, metadata={"format": "mlx"})
+        except RuntimeError as e:  # MLX says "[write] Unable to write N bytes" without the reason
+            full = shutil.disk_usage(self.folder).free < self.size
+            raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else
+                          f"cannot write ({e})", str(self.folder / name)) from None
         self.files.append(name)
         self.weight_map.update({k: name for k in self.pending})
         self.pending, self.size = {}, 0
@@ -106,8 +112,9 @@ def convert_model(source: str | Path, out: str | Path, *, bits: int | None = 8, 
         if (source / "config.json").is_file() else None
     config = load_model_config(source)  # validates the whole configuration before any work
     encoders = config.model_type == "base"  # only voice cloning uses them
+    needed = sum(f.stat().st_size for f in source.rglob("*.safetensors"))  # about the output's size
     return publish(out, lambda tmp: _write(source, tmp, config_json, bits, group_size, DTYPES[dtype], dtype,
-                                           progress, encoders), overwrite=overwrite)
+                                           progress, encoders), overwrite=overwrite, needed=needed)
 
 
 def is_our_output(folder: Path) -> bool:
@@ -150,12 +157,14 @@ def _restore_replaced(out: Path):
                 os.replace(aside, out)
 
 
-def publish(out: Path, build, *, overwrite: bool = False) -> Path:
+def publish(out: Path, build, *, overwrite: bool = False, needed: int = MIN_FREE_BYTES) -> Path:
     """Run `build(tmp)` on a temporary sibling folder, load the result strictly, then rename it to
     `out`: a failure or interruption at any point leaves no partial folder behind, and an earlier
     output is replaced only once the new one is complete. Folders made for `out` are removed again
-    on failure."""
+    on failure. A disk with less than `needed` bytes free is refused before any work."""
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    check_free_space(next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path(".")), out,
+                     max(needed, MIN_FREE_BYTES))
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(out.parent, out.name)
     tmp = temp_folder(out)

@@ -172,11 +172,20 @@ def check_writable_file(path: str | os.PathLike, what: str = "") -> Path:
                                           f"system takes at most {limit}", str(path))
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write {label}: folder {folder} is not writable")
+    check_free_space(folder, path)
+    return path
+
+
+def check_free_space(folder: Path, path: Path, needed: int = MIN_FREE_BYTES) -> None:
+    """An OSError (ENOSPC) naming `path` unless `folder`'s disk has `needed` bytes free."""
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
-        free = MIN_FREE_BYTES
-    if free < MIN_FREE_BYTES:
-        raise OSError(errno.ENOSPC, f"no space left on its disk ({free // 1024} KiB free; at least "
-                                    f"{MIN_FREE_BYTES >> 20} MiB needed)", str(path))
-    return path
+        return
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"no space left on its disk ({_size(free)} free; at least {_size(needed)} "
+                                    "needed)", str(path))
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n // 1024} KiB"

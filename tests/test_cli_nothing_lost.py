@@ -201,3 +201,17 @@ def test_convert_reports_what_it_quantized_and_refuses_a_group_size_that_does_no
     summary = proc.stderr.decode().strip().splitlines()[-1]
     assert summary == (f"Converted {source} -> {out} (8-bit, group 32: {len(quantized)} of {len(quantized)} "
                        f"quantizable tensors, {100 * share:.1f} % of the talker and code-predictor weights, float32)")
+
+
+def test_convert_on_a_full_disk_is_one_line_and_leaves_no_folders(small_disk, model_dir):
+    source = model_dir("customvoice_0b6")
+    disk = small_disk("8m")
+    line = error_line(cli("convert", source, "-o", disk / "a" / "out"))
+    assert line.startswith(f"Error: {disk / 'a' / 'out'}: no space left on its disk (8.4 MB free; at least")
+    skip_check = "import mlx_qwen_tts_convert.convert as c\nc.check_free_space = lambda *args, **kwargs: None"
+    proc = cli("convert", source, "-o", disk / "a" / "out", script=skip_check)
+    stderr = proc.stderr.decode()  # the progress bars, then the error
+    assert proc.returncode == 1 and "Traceback" not in stderr
+    shard = disk / "a" / "out" / "model-00001.safetensors"
+    assert stderr.strip().splitlines()[-1] == f"Error: {shard}: No space left on device"
+    assert list(disk.iterdir()) == []
