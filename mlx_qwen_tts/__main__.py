@@ -9,6 +9,7 @@ already loaded, the process re-executes itself once with it in LD_PRELOAD (befor
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import sysconfig
 
@@ -50,15 +51,28 @@ def use_openblas() -> None:
         pass  # run without it
 
 
+def _interrupt(signum, frame):
+    error = KeyboardInterrupt()
+    error.signum = signum
+    raise error
+
+
 def run():
+    # Until the command line's own handlers are in place (cli/common.py), SIGTERM and SIGHUP end
+    # the imports like Ctrl-C does.
+    terminating = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {s: signal.signal(s, _interrupt) for s in terminating}
     try:
         use_openblas()
         from mlx_qwen_tts.cli import main
-
-        return main()
-    except KeyboardInterrupt:  # outside a command's own handling: during the imports
-        sys.stderr.write("Interrupted.\n")
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        name = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+        sys.stderr.write(f"Interrupted{name}.\n")
+        sys.exit(128 + signum)
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+    return main()
 
 
 if __name__ == "__main__":

@@ -85,12 +85,12 @@ def test_ctrl_c_while_reading_standard_input(tmp_path):
 # Simulates Ctrl-C arriving while `module` is being imported, then starts the console script's entry point.
 INTERRUPTED_IMPORT = """
 import importlib.abc, os, signal, sys
-interrupted = sys.argv[1]
+interrupted, signum = sys.argv[1].split("/")
 class Interrupt(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == interrupted:
             sys.meta_path.remove(self)
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), getattr(signal, signum))
         return None
 sys.meta_path.insert(0, Interrupt())
 module, function = sys.argv[2].split(":")
@@ -100,11 +100,15 @@ sys.exit(getattr(__import__(module, fromlist=[function]), function)())
 
 
 @pytest.mark.parametrize("module", ["click", "mlx.core"])  # the command line's imports; a command's own
-def test_ctrl_c_during_imports(mlx_model, tmp_path, module):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_imports(mlx_model, tmp_path, module, sig):
     entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["mlx-qwen-tts"]
-    proc = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT, module, entry, "speak", TEXT, "--model",
-                           mlx_model, "--out", tmp_path / "x.wav"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 130 and proc.stderr.strip() == "Interrupted.", proc.stderr
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT, f"{module}/{sig}", entry, "speak", TEXT,
+                           "--model", mlx_model, "--out", tmp_path / "x.wav"], capture_output=True, text=True,
+                          timeout=120)
+    signum = getattr(signal, sig)
+    said = "Interrupted." if sig == "SIGINT" else f"Interrupted ({sig})."
+    assert proc.returncode == 128 + signum and proc.stderr.strip() == said, proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 
