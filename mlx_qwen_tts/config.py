@@ -31,11 +31,17 @@ SIZE_LIMITS = {"num_hidden_layers": 512, "hidden_size": 65536, "intermediate_siz
 MAX_PARAMETERS = 100e9  # per transformer stack, from its sizes: 60x the largest released talker
 
 
+MAX_LIST = 64  # entries of a list of sizes (each entry builds a block)
+
+
 def check_sizes(r: _Reader) -> None:
     """Every size this section gives within SIZE_LIMITS (lists: each entry), named by file and key."""
     for key, limit in SIZE_LIMITS.items():
         value = r.data.get(key)
         values = value if isinstance(value, list) else [value]
+        if len(values) > MAX_LIST:
+            raise ConfigError(f"{r.where}: field '{key}' lists {len(values)} sizes, beyond {MAX_LIST}: refusing to "
+                              "build such a model")
         if any(isinstance(v, int) and not isinstance(v, bool) and v > limit for v in values):
             raise ConfigError(f"{r.where}: field '{key}' is {value!r:.60}, beyond {limit} (no Qwen3-TTS model comes "
                               "near): refusing to build such a model")

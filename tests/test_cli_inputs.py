@@ -185,6 +185,8 @@ def _config_only(mlx_model, tmp_path, edit, file="config.json"):
      "code_predictor_config: hidden_size 60000, intermediate_size 250000, num_hidden_layers 200"),
     ("speech_tokenizer/config.json", lambda c: c["decoder_config"].update(num_hidden_layers=10 ** 6),
      "speech_tokenizer/config.json:decoder_config: field 'num_hidden_layers' is 1000000"),
+    ("speech_tokenizer/config.json", lambda c: c["decoder_config"].update(upsample_rates=[1] * 10 ** 5),
+     "speech_tokenizer/config.json:decoder_config: field 'upsample_rates' lists 100000 sizes"),
     ("generation_config.json", lambda c: c.update(top_k=-5), "generation_config.json: field 'top_k' must be"),
     ("generation_config.json", lambda c: c.update(do_sample="no"), "generation_config.json: field 'do_sample' must"),
     ("generation_config.json", lambda c: c.update(temperature=10 ** 400), "field 'temperature' must be a finite"),
