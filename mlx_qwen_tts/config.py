@@ -9,42 +9,14 @@ Missing or inconsistent fields raise ConfigError naming the file and the key.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlx_qwen_tts.config_fields import POSITIVE, SIZES, ConfigError, _Reader
+from mlx_qwen_tts.config_fields import POSITIVE, SIZES, ConfigError, _Reader, check_sizes
 
 
-# Sizes far above the largest released model (1.7B: a 28-layer talker, hidden 2048) and far below what
-# would take minutes to build or exhaust memory: a config beyond them is refused before construction.
-SIZE_LIMITS = {"num_hidden_layers": 512, "hidden_size": 65536, "intermediate_size": 262144,
-               "num_attention_heads": 1024, "num_key_value_heads": 1024, "head_dim": 4096, "vocab_size": 1 << 22,
-               "text_vocab_size": 1 << 22, "text_hidden_size": 65536, "codebook_size": 1 << 20,
-               "codebook_dim": 65536, "latent_dim": 65536, "decoder_dim": 65536, "num_quantizers": 1024,
-               "sliding_window": 1 << 20, "num_filters": 65536, "num_residual_layers": 512, "mel_dim": 4096,
-               "enc_dim": 65536, "enc_attention_channels": 65536, "enc_se_channels": 65536,
-               "enc_res2net_scale": 1024, "upsample_rates": 64, "upsampling_ratios": 64, "enc_channels": 65536,
-               "enc_kernel_sizes": 1024, "enc_dilations": 1024, "kernel_size": 1024, "residual_kernel_size": 1024,
-               "last_kernel_size": 1024, "vector_quantization_hidden_dimension": 65536}
 MAX_PARAMETERS = 100e9  # per transformer stack, from its sizes: 60x the largest released talker
-
-
-MAX_LIST = 64  # entries of a list of sizes (each entry builds a block)
-
-
-def check_sizes(r: _Reader) -> None:
-    """Every size this section gives within SIZE_LIMITS (lists: each entry), named by file and key."""
-    for key, limit in SIZE_LIMITS.items():
-        value = r.data.get(key)
-        values = value if isinstance(value, list) else [value]
-        if len(values) > MAX_LIST:
-            raise ConfigError(f"{r.where}: field '{key}' lists {len(values)} sizes, beyond {MAX_LIST}: refusing to "
-                              "build such a model")
-        if any(isinstance(v, int) and not isinstance(v, bool) and v > limit for v in values):
-            raise ConfigError(f"{r.where}: field '{key}' is {value!r:.60}, beyond {limit} (no Qwen3-TTS model comes "
-                              "near): refusing to build such a model")
 
 
 @dataclass(frozen=True)
@@ -234,19 +206,14 @@ class GenerationConfig:
                   subtalker_top_k=r.opt("subtalker_top_k", d.subtalker_top_k, int),
                   subtalker_top_p=r.opt("subtalker_top_p", d.subtalker_top_p, float),
                   max_new_tokens=r.opt("max_new_tokens", d.max_new_tokens, POSITIVE))
-        ranges = {"temperature": (cfg.temperature, "a finite number >= 0", 0 <= cfg.temperature < math.inf),
-                  "subtalker_temperature": (cfg.subtalker_temperature, "a finite number >= 0",
-                                            0 <= cfg.subtalker_temperature < math.inf),
-                  "top_k": (cfg.top_k, "an integer in [0, 2^31)", 0 <= cfg.top_k < 2 ** 31),
-                  "subtalker_top_k": (cfg.subtalker_top_k, "an integer in [0, 2^31)",
-                                      0 <= cfg.subtalker_top_k < 2 ** 31),
-                  "top_p": (cfg.top_p, "in (0, 1]", 0 < cfg.top_p <= 1),
-                  "subtalker_top_p": (cfg.subtalker_top_p, "in (0, 1]", 0 < cfg.subtalker_top_p <= 1),
-                  "repetition_penalty": (cfg.repetition_penalty, "a finite number > 0",
-                                         0 < cfg.repetition_penalty < math.inf)}
-        for key, (value, wanted, ok) in ranges.items():
+        checks = {"temperature": (cfg.temperature >= 0, ">= 0"), "top_k": (0 <= cfg.top_k < 2 ** 31, "in [0, 2^31)"),
+                  "top_p": (0 < cfg.top_p <= 1, "in (0, 1]"), "repetition_penalty": (cfg.repetition_penalty > 0, "> 0"),
+                  "subtalker_temperature": (cfg.subtalker_temperature >= 0, ">= 0"),
+                  "subtalker_top_k": (0 <= cfg.subtalker_top_k < 2 ** 31, "in [0, 2^31)"),
+                  "subtalker_top_p": (0 < cfg.subtalker_top_p <= 1, "in (0, 1]")}
+        for key, (ok, wanted) in checks.items():
             if not ok:
-                raise ConfigError(f"{r.where}: field '{key}' must be {wanted}, got {value}")
+                raise ConfigError(f"{r.where}: field '{key}' must be {wanted}, got {r.data.get(key)!r:.40}")
         return cfg
 
 
