@@ -95,7 +95,8 @@ def check_not_inputs(out: Path, inputs: dict):
 
 @click.command(cls=Command)
 @click.argument("text", required=False, callback=utf8_text)
-@click.option("-f", "--file", "text_file", type=click.Path(path_type=Path), help="Read the text from a file.")
+@click.option("-f", "--file", "text_file", type=click.Path(path_type=Path),
+              help="Read the text from a file or a pipe (UTF-8, at most 10 MB, as for standard input).")
 @click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True,
               help="Model folder (converted or Hugging Face), or a Hugging Face id (downloaded and "
                    "converted once).")
@@ -122,7 +123,7 @@ def check_not_inputs(out: Path, inputs: dict):
 @click.option("--top-k", type=Number(0, MAX_TOP_K, integer=True), help="Top-k sampling [model default].")
 @click.option("--top-p", type=Number(0, 1), help="Top-p sampling [model default].")
 @click.option("--max-seconds", type=Number(0, MAX_OUTPUT_SECONDS, low_open=True),
-              help="Stop once the output holds this many seconds of audio.")
+              help="Stop once the output holds this many seconds of audio (at most 86400).")
 @click.option("--device", type=click.Choice(["gpu", "cpu"]), help="Where MLX runs [default: gpu if available].")
 @click.option("--progress/--no-progress", default=None,
               help="Show segments and audio seconds done, with an ETA [default: with --out, on a terminal].")
