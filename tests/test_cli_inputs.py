@@ -52,6 +52,12 @@ def test_endless_standard_input_and_file_are_refused_at_the_limit(tmp_path):
         writer.wait()
 
 
+def test_closed_standard_input_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mlx_qwen_tts", "speak", "-", "--out", str(tmp_path / "x.wav")],
+                          capture_output=True, preexec_fn=lambda: os.close(0))
+    assert "standard input is closed" in error_line(proc)
+
+
 def _blocked_reading_stdin(pid: int) -> bool:
     """Whether the process sits in read(0, ...) (its current system call, from /proc)."""
     read = {"x86_64": "0", "aarch64": "63"}.get(platform.machine())

@@ -64,6 +64,8 @@ def read_text(text: str | None, text_file: Path | None) -> str:
         except OSError as e:
             raise click.ClickException(f"cannot read --file {text_file}: {one_line(e)}") from None
     elif text == "-":
+        if sys.stdin is None:  # started with standard input closed
+            raise click.ClickException("standard input is closed: nothing to read")
         stdin = getattr(sys.stdin, "buffer", None)  # bytes, so the encoding is UTF-8 whatever the locale
         text = read_bounded(stdin, "standard input") if stdin is not None else sys.stdin.read(MAX_TEXT_BYTES)
     elif text is None:
