@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def check_voice_output(out: Path, ref_audio: Path, force: bool):
 
     if same_file(out, ref_audio):
         raise click.ClickException(f"--out {out} is the recording --ref-audio {ref_audio}; choose another name")
-    for folder in {out.parent.resolve(), out.resolve().parent}:  # beside the link and beside what it names
+    for folder in {Path(os.path.realpath(out.parent)), Path(os.path.realpath(out)).parent}:  # the link's, its target's
         if holds_model(folder):
             raise click.ClickException(f"--out {out} lies in the model folder {folder}; a voice file never goes "
                                        "among a model's files: choose another folder")
