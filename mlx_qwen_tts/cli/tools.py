@@ -70,8 +70,12 @@ def convert_command(source, out, codec_gguf, tokenizer_dir, bits, no_quantize, d
 
             if codec_gguf is None:
                 raise click.ClickException("a GGUF talker needs its codec file: --codec qwen-tokenizer-12hz-*.gguf")
+            from mlx_qwen_tts.loading import converted_meta
+
             convert_gguf(source, codec_gguf, out, tokenizer_dir=tokenizer_dir, overwrite=force, progress=True)
-            click.echo(f"Converted {source} + {codec_gguf} -> {out}", err=True)
+            meta = converted_meta(out)
+            click.echo(f"Converted {source} + {codec_gguf} -> {out} ({quantization_summary(meta)}, {meta['dtype']})",
+                       err=True)
             return
         from mlx_qwen_tts_convert.convert import check_output, convert_model
         from mlx_qwen_tts.hub import resolve_source
