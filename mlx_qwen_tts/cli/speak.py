@@ -17,14 +17,14 @@ from mlx_qwen_tts.hub import DEFAULT_MODEL
 from mlx_qwen_tts.text import split_text
 
 MAX_SEED = 2 ** 64 - 1  # the sampling noise is keyed by a uint64
-MAX_TOP_K = 2 ** 31 - 1  # the sampler keeps top-k as int32 (any value above the vocabulary means "all")
-MAX_OUTPUT_SECONDS = 24 * 3600  # --max-seconds: a day of audio (the frame count stays an integer)
 SEGMENT_CHARS = 250  # text is generated in segments of up to this many characters
 # Playback chunks: small for a quick first sound, and all the same size, because the player
 # sizes its pre-buffer by the wait for a chunk like the last one.
 PLAY_CHUNK_FRAMES = 3
 
 
+MAX_TOP_K = 2 ** 31 - 1  # the sampler keeps top-k as int32 (any value above the vocabulary means "all")
+MAX_OUTPUT_SECONDS = 24 * 3600  # --max-seconds: a day of audio (the frame count stays an integer)
 MAX_TEXT_BYTES = 10_000_000  # standard input and --file: ~18 hours of speech per MB (15 characters a second)
 READ_CHUNK = 1 << 16
 
