@@ -28,7 +28,7 @@ from .gguf_dialects import FLOAT_TYPES, GGUFError, GGUFFile, Tensor
 from .gguf_unit_dims import codec_groups, restore_unit_dims, talker_groups
 from mlx_qwen_tts.config import ConfigError, parse_model_config
 from mlx_qwen_tts.loading import map_hf_codec_weights, map_hf_model_weights
-from mlx_qwen_tts.quantize import should_quantize
+from mlx_qwen_tts.quantize import quantizable, should_quantize
 
 GROUP_SIZE, BITS = 32, 8
 # The released preprocessor files (qwen3-tts-architecture.md §1), for a complete folder.
@@ -238,12 +238,22 @@ def _with_usage(f: GGUFFile, official: str, value: mx.array) -> dict:
     return out
 
 
+def quantized_counts(planned: list) -> tuple[set, dict]:
+    """The talker tensors that stay quantized (block-quantized in the GGUF, quantizable here) and what
+    they cover: {tensors, candidates, weight_share} as the Hugging Face path records it."""
+    chosen = {ours for t, ours in planned if t.kind not in FLOAT_TYPES and should_quantize(ours, t.shape, GROUP_SIZE)}
+    sizes = {ours: math.prod(t.shape) for t, ours in planned if ours.startswith(("talker.", "code_predictor."))}
+    candidates = sum(1 for t, ours in planned if quantizable(ours, t.shape))
+    share = sum(sizes[k] for k in chosen) / max(sum(sizes.values()), 1)
+    return chosen, {"tensors": len(chosen), "candidates": candidates, "weight_share": share}
+
+
 def _write(tmp: Path, talker: GGUFFile, codec: GGUFFile, planned: list, files: dict, progress: bool,
-           encoders: bool) -> int:
-    writer, quantized = ShardWriter(tmp), 0
+           encoders: bool, chosen: set):
+    writer = ShardWriter(tmp)
     for t, ours in progress_bar(planned, progress, "talker"):
-        if t.kind not in FLOAT_TYPES and should_quantize(ours, t.shape, GROUP_SIZE):
-            arrays, quantized = read_quantized(t, ours), quantized + 1
+        if ours in chosen:
+            arrays = read_quantized(t, ours)
         else:
             arrays = {ours: read_float(t)}
         for k, v in arrays.items():
@@ -268,7 +278,6 @@ def _write(tmp: Path, talker: GGUFFile, codec: GGUFFile, planned: list, files: d
     for rel, text in files.items():
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp / rel).write_text(text, encoding="utf-8")
-    return quantized
 
 
 def _rebuild_configs(talker: GGUFFile, codec: GGUFFile, support: Path):
@@ -338,9 +347,11 @@ def convert_gguf(talker_gguf: str | Path, codec_gguf: str | Path, out: str | Pat
     # The released weights run in bf16 (fp16 overflows in the code predictor); all-F32 files stay float32.
     dtype = "float32" if {t.kind for t, _ in talker.tensors} == {"F32"} else "bfloat16"
 
+    chosen, counts = quantized_counts(planned)
+
     def build(tmp):
-        quantized = _write(tmp, talker, codec, planned, files, progress, encoders)
-        record = {"group_size": GROUP_SIZE, "bits": BITS, "mode": "affine"} if quantized else None
-        write_config(tmp, cfg, dtype=dtype, quantization=record, source=source)
+        _write(tmp, talker, codec, planned, files, progress, encoders, chosen)
+        record = {"group_size": GROUP_SIZE, "bits": BITS, "mode": "affine"} if chosen else None
+        write_config(tmp, cfg, dtype=dtype, quantization=record, source=source, quantized=counts)
 
     return publish(out, build, overwrite=overwrite)

@@ -44,14 +44,19 @@ def check_writable(path: str | Path) -> Path:
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     """Write mono audio, format chosen by extension. Atomic: a temporary file in the same folder
     is renamed over the target only once complete, so an error or Ctrl-C never leaves a partial
-    file behind."""
+    file behind. The file is encoded in memory and written in one go: a full disk is one OSError
+    naming `path` (libsndfile's own writes would only print the errors of its callbacks)."""
+    import io
+
     import soundfile as sf
 
     path = Path(path)
     fmt, subtype = audio_format(path)
     data = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        sf.write(f, data, sample_rate, format=fmt, subtype=subtype)
+    encoded = io.BytesIO()
+    sf.write(encoded, data, sample_rate, format=fmt, subtype=subtype)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(encoded.getbuffer())
     return path
 
 

@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlx_qwen_tts.config_fields import POSITIVE, SIZES, ConfigError, _Reader
+from mlx_qwen_tts.config_fields import POSITIVE, SIZES, ConfigError, _Reader, check_sizes
+
+
+MAX_PARAMETERS = 100e9  # per transformer stack, from its sizes: 60x the largest released talker
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class TransformerConfig:
 
     @classmethod
     def read(cls, r: _Reader, default_theta: float) -> "TransformerConfig":
+        check_sizes(r)
         heads = r.req("num_attention_heads", POSITIVE)
         hidden = r.req("hidden_size", POSITIVE)
         kv = r.req("num_key_value_heads", POSITIVE)
@@ -47,7 +51,18 @@ class TransformerConfig:
                               f"num_key_value_heads {kv}")
         if cfg.head_dim % 2:
             raise ConfigError(f"{r.where}: head_dim {cfg.head_dim} must be even for RoPE")
+        if cfg.parameters > MAX_PARAMETERS:
+            raise ConfigError(f"{r.where}: hidden_size {hidden}, intermediate_size {cfg.intermediate_size}, "
+                              f"num_hidden_layers {cfg.num_hidden_layers} and vocab_size {cfg.vocab_size} describe "
+                              f"{cfg.parameters / 1e9:.0f} B parameters: refusing to build such a model")
         return cfg
+
+    @property
+    def parameters(self) -> int:
+        """Roughly: attention, MLP and the token table (what building the stack allocates)."""
+        h, d = self.hidden_size, self.head_dim
+        attention = h * d * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
+        return self.num_hidden_layers * (attention + 3 * h * self.intermediate_size) + self.vocab_size * h
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,7 @@ class SpeakerEncoderConfig:
 
     @classmethod
     def read(cls, r: _Reader) -> "SpeakerEncoderConfig":
+        check_sizes(r)
         cfg = cls(mel_dim=r.opt("mel_dim", 128, POSITIVE), enc_dim=r.req("enc_dim", POSITIVE),
                   channels=tuple(r.opt("enc_channels", [512, 512, 512, 512, 1536], SIZES)),
                   kernel_sizes=tuple(r.opt("enc_kernel_sizes", [5, 3, 3, 3, 1], SIZES)),
@@ -117,6 +133,7 @@ class CodecDecoderConfig:
 
     @classmethod
     def read(cls, r: _Reader) -> "CodecDecoderConfig":
+        check_sizes(r)
         P = POSITIVE
         heads = r.opt("num_attention_heads", 16, P)
         hidden = r.opt("hidden_size", 1024, P)
@@ -180,15 +197,24 @@ class GenerationConfig:
     @classmethod
     def read(cls, r: _Reader) -> "GenerationConfig":
         d = cls()
-        return cls(do_sample=bool(r.opt("do_sample", d.do_sample)),
-                   temperature=r.opt("temperature", d.temperature, float), top_k=r.opt("top_k", d.top_k, int),
-                   top_p=r.opt("top_p", d.top_p, float),
-                   repetition_penalty=r.opt("repetition_penalty", d.repetition_penalty, float),
-                   subtalker_do_sample=bool(r.opt("subtalker_dosample", d.subtalker_do_sample)),
-                   subtalker_temperature=r.opt("subtalker_temperature", d.subtalker_temperature, float),
-                   subtalker_top_k=r.opt("subtalker_top_k", d.subtalker_top_k, int),
-                   subtalker_top_p=r.opt("subtalker_top_p", d.subtalker_top_p, float),
-                   max_new_tokens=r.opt("max_new_tokens", d.max_new_tokens, int))
+        cfg = cls(do_sample=r.opt("do_sample", d.do_sample, bool),
+                  temperature=r.opt("temperature", d.temperature, float), top_k=r.opt("top_k", d.top_k, int),
+                  top_p=r.opt("top_p", d.top_p, float),
+                  repetition_penalty=r.opt("repetition_penalty", d.repetition_penalty, float),
+                  subtalker_do_sample=r.opt("subtalker_dosample", d.subtalker_do_sample, bool),
+                  subtalker_temperature=r.opt("subtalker_temperature", d.subtalker_temperature, float),
+                  subtalker_top_k=r.opt("subtalker_top_k", d.subtalker_top_k, int),
+                  subtalker_top_p=r.opt("subtalker_top_p", d.subtalker_top_p, float),
+                  max_new_tokens=r.opt("max_new_tokens", d.max_new_tokens, POSITIVE))
+        checks = {"temperature": (cfg.temperature >= 0, ">= 0"), "top_k": (0 <= cfg.top_k < 2 ** 31, "in [0, 2^31)"),
+                  "top_p": (0 < cfg.top_p <= 1, "in (0, 1]"), "repetition_penalty": (cfg.repetition_penalty > 0, "> 0"),
+                  "subtalker_temperature": (cfg.subtalker_temperature >= 0, ">= 0"),
+                  "subtalker_top_k": (0 <= cfg.subtalker_top_k < 2 ** 31, "in [0, 2^31)"),
+                  "subtalker_top_p": (0 < cfg.subtalker_top_p <= 1, "in (0, 1]")}
+        for key, (ok, wanted) in checks.items():
+            if not ok:
+                raise ConfigError(f"{r.where}: field '{key}' must be {wanted}, got {r.data.get(key)!r:.40}")
+        return cfg
 
 
 MODEL_TYPES = ("custom_voice", "voice_design", "base")
@@ -233,8 +259,12 @@ class ModelConfig:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path} is missing: not a Qwen3-TTS model folder?")
+    from mlx_qwen_tts.paths import path_problem
+
+    problem = path_problem(path)
+    if problem:
+        raise ConfigError(f"{path} is missing: not a Qwen3-TTS model folder?" if problem == "does not exist"
+                          else f"{path} {problem}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -260,6 +290,7 @@ def parse_model_config(cfg: dict, st_cfg: dict, gen_cfg: dict | None, where: str
     if tok_type != "qwen3_tts_tokenizer_12hz":
         raise ConfigError(f"{where}: tokenizer_type {tok_type!r} is not supported (only the 12 Hz tokenizer)")
     t = root.sub("talker_config")
+    check_sizes(t)
     talker = TransformerConfig.read(t, 1e6)
     code_predictor = TransformerConfig.read(t.sub("code_predictor_config"), 1e6)
     groups = t.req("num_code_groups", POSITIVE)
@@ -292,6 +323,8 @@ def parse_model_config(cfg: dict, st_cfg: dict, gen_cfg: dict | None, where: str
     speakers = {k.lower(): v for k, v in t.opt("spk_id", {}, dict).items()}
     _ids_in(f"{where}:talker_config.codec_language_id", languages, codebook, vocab, "language")
     _ids_in(f"{where}:talker_config.spk_id", speakers, codebook, vocab, "speaker")
+    if model_type == "custom_voice" and not speakers:
+        raise ConfigError(f"{where}: talker_config.spk_id lists no speaker; a custom_voice model needs at least one")
     dialects = {k.lower(): v for k, v in t.opt("spk_is_dialect", {}, dict).items()}
     for name in speakers:
         if name in dialects and dialects[name] not in (None, False) and not isinstance(dialects[name], str):
@@ -339,6 +372,7 @@ def parse_speech_tokenizer_config(cfg: dict, where: str) -> SpeechTokenizerConfi
     enc = root.sub("encoder_config", required=False)
     encoder = None
     if enc is not None:
+        check_sizes(enc)
         for key in ENCODER_SIZES:  # what the voice-clone encoder (models/codec_encoder.py) is built from
             enc.opt(key, None, POSITIVE)
         for key in ("norm_eps", "rope_theta", "_frame_rate"):
@@ -366,12 +400,15 @@ def parse_speech_tokenizer_config(cfg: dict, where: str) -> SpeechTokenizerConfi
 
 def load_model_config(folder: str | Path) -> ModelConfig:
     """Read config.json, speech_tokenizer/config.json and (optional) generation_config.json."""
+    from mlx_qwen_tts.paths import path_problem
+
     folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"{folder} is not a folder")
+    problem = path_problem(folder, "folder")
+    if problem:
+        raise ConfigError(f"{folder} {problem}")
     paths = [folder / "config.json", folder / "speech_tokenizer" / "config.json", folder / "generation_config.json"]
-    return parse_model_config(_read_json(paths[0]), _read_json(paths[1]),
-                              _read_json(paths[2]) if paths[2].exists() else None, *map(str, paths))
+    generation = _read_json(paths[2]) if paths[2].exists() or paths[2].is_symlink() else None
+    return parse_model_config(_read_json(paths[0]), _read_json(paths[1]), generation, *map(str, paths))
 
 
 def config_summary(cfg: ModelConfig) -> dict[str, Any]:

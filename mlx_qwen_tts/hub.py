@@ -33,15 +33,19 @@ def converted_path(repo_id: str, bits: int | None = 8, cache_dir: str | Path | N
 
 def _local_or_repo(spec: str | Path) -> Path | str:
     """An existing folder, or a Hub id; anything else is an error."""
+    from mlx_qwen_tts.paths import path_problem
+
     path = Path(spec).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelSpecError(f"--model {spec} is a file; give the model's folder")
+    problem = path_problem(path, "folder")
+    if problem is None:
         return path
+    if path.exists() or path.is_symlink():  # something is there, and it is not a folder
+        raise ModelSpecError(f"--model {spec} is a file; give the model's folder" if path.is_file()
+                             else f"--model {spec} {problem}")
     spec = str(spec)
     if _REPO_ID.match(spec) and not spec.startswith("."):
         return spec
-    raise ModelSpecError(f"model folder {spec} does not exist (and it is not a Hugging Face id "
+    raise ModelSpecError(f"model folder {spec} {problem} (and it is not a Hugging Face id "
                          f"such as {DEFAULT_MODEL})")
 
 

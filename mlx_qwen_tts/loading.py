@@ -97,8 +97,12 @@ def map_hf_codec_weights(weights: dict, where="the speech tokenizer") -> dict:
 
 
 def read_safetensors(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: not a complete Qwen3-TTS model folder")
+    from mlx_qwen_tts.paths import path_problem
+
+    problem = path_problem(path)
+    if problem:
+        raise FileNotFoundError(f"{path} is missing: not a complete Qwen3-TTS model folder"
+                                if problem == "does not exist" else f"{path} {problem}")
     try:
         return mx.load(str(path))
     except Exception as e:  # MLX raises RuntimeError/ValueError for corrupt or truncated files

@@ -55,7 +55,10 @@ class GateReport:
                 and min(self.talker_top5, self.predictor_top5) >= t["top5_min"])
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "passed": self.passed, "thresholds": THRESHOLDS}
+        """Strict-JSON values: snr_db is "inf" when the decoded audio is identical (no noise), None
+        when no audio was decoded (a model without its codec)."""
+        snr = "inf" if self.snr_db == float("inf") else self.snr_db if np.isfinite(self.snr_db) else None
+        return {**asdict(self), "snr_db": snr, "passed": self.passed, "thresholds": THRESHOLDS}
 
 
 def teacher_forced_logits(model, prompt, codes: mx.array):

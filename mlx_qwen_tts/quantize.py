@@ -18,10 +18,14 @@ QUANTIZED_PREFIXES = ("talker.layers.", "talker.text_projection.", "talker.codec
                       "code_predictor.small_to_mtp_projection.")
 
 
+def quantizable(name: str, shape: tuple) -> bool:
+    """By our key name and the weight's shape: the 2-D weights of the quantized modules."""
+    return name.endswith(".weight") and name.startswith(QUANTIZED_PREFIXES) and len(shape) == 2
+
+
 def should_quantize(name: str, shape: tuple, group_size: int) -> bool:
-    """By our key name and the weight's shape; only 2-D weights whose rows split into groups."""
-    return (name.endswith(".weight") and name.startswith(QUANTIZED_PREFIXES) and len(shape) == 2
-            and shape[-1] % group_size == 0)
+    """Quantizable, and its rows split into groups."""
+    return quantizable(name, shape) and shape[-1] % group_size == 0
 
 
 def quantize_tensor(name: str, w: mx.array, bits: int, group_size: int) -> dict[str, mx.array]:

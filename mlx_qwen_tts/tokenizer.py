@@ -84,16 +84,26 @@ def _build(folder: Path):
     """The Qwen2 tokenizer from vocab.json, merges.txt and tokenizer_config.json."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+    from mlx_qwen_tts.paths import path_problem
+
     files = [folder / n for n in ("vocab.json", "merges.txt", "tokenizer_config.json")]
     for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} is missing: the model folder has no Qwen2 text tokenizer")
-    vocab = json.loads(files[0].read_text(encoding="utf-8"))
+        problem = path_problem(f)
+        if problem:
+            problem = "is missing" if problem == "does not exist" else problem
+            raise FileNotFoundError(f"{f} {problem}: the model folder has no Qwen2 text tokenizer")
+    vocab = _read_json(files[0])
     merges = []
-    for line in files[1].read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(_read_text(files[1]).splitlines(), start=1):
         if line and not line.startswith("#version"):
-            a, b = line.split(" ")
-            merges.append((a, b))
+            pair = line.split(" ")
+            if len(pair) != 2 or not all(pair):
+                raise ValueError(f"{files[1]}, line {number}: expected two tokens separated by one space, "
+                                 f"got {line!r:.60}")
+            missing = next((t for t in (*pair, "".join(pair)) if t not in vocab), None)
+            if missing is not None:
+                raise ValueError(f"{files[1]}, line {number}: token {missing!r:.40} is not in vocab.json")
+            merges.append(tuple(pair))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False,
                                byte_fallback=False))
     tok.normalizer = normalizers.NFC()
@@ -101,7 +111,10 @@ def _build(folder: Path):
         pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    added = json.loads(files[2].read_text(encoding="utf-8")).get("added_tokens_decoder", {})
+    added = _read_json(files[2]).get("added_tokens_decoder", {})
+    if not isinstance(added, dict) or not all(isinstance(v, dict) and isinstance(v.get("content"), str)
+                                              and str(k).isdigit() for k, v in added.items()):
+        raise ValueError(f"{files[2]}: added_tokens_decoder must map ids to {{\"content\": ...}} objects")
     for token_id, spec in sorted(added.items(), key=lambda kv: int(kv[0])):
         # Added tokens take the next free ids; unused placeholders keep declared ids in place.
         while tok.get_vocab_size(with_added_tokens=True) < int(token_id):
@@ -114,3 +127,20 @@ def _build(folder: Path):
             raise ValueError(f"{files[2]}: added token {spec['content']!r} is declared as id {token_id} "
                              f"but lands at {got}; is vocab.json complete?")
     return tok
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _read_json(path: Path):
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not readable JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data

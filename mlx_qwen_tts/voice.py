@@ -36,8 +36,11 @@ _PCM_SCALE = {np.dtype(np.int16): 2.0 ** 15, np.dtype(np.int32): 2.0 ** 31}
 def _read_audio_file(path: Path) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
-    if not path.is_file():
-        raise FileNotFoundError(f"reference audio {path} does not exist")
+    from mlx_qwen_tts.paths import path_problem
+
+    problem = path_problem(path)
+    if problem:
+        raise FileNotFoundError(f"reference audio {path} {problem}")
     try:
         with sf.SoundFile(str(path)) as f:
             if f.samplerate <= 0 or f.frames > (MAX_SECONDS + 1) * f.samplerate or f.channels > 8:
@@ -281,8 +284,11 @@ def load_voice(path: str | os.PathLike, model) -> VoiceClone:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"voice file {path} does not exist")
+    from mlx_qwen_tts.paths import path_problem
+
+    problem = path_problem(path)
+    if problem:
+        raise FileNotFoundError(f"voice file {path} {problem}")
     header = _read_header(path)
     metadata = header["__metadata__"] or {}  # MLX writes null when there is none
     if metadata.get("format") != VOICE_FORMAT:

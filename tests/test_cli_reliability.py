@@ -82,14 +82,16 @@ def test_sigterm_during_first_use_conversion_leaves_the_cache_clean(model_dir, t
     ("--seed", -1, "--seed must be an integer in [0, 18446744073709551615]"),
     ("--seed", 2 ** 70, "--seed must be an integer in [0, "),
     ("--seed", "abc", "--seed must be an integer"),
-    ("--max-seconds", "inf", "--max-seconds must be a finite number > 0"),
-    ("--max-seconds", "nan", "--max-seconds must be a finite number > 0"),
-    ("--max-seconds", 0, "--max-seconds must be a finite number > 0"),
+    ("--max-seconds", "inf", "--max-seconds must be a finite number in (0, 86400]"),
+    ("--max-seconds", "nan", "--max-seconds must be a finite number in (0, 86400]"),
+    ("--max-seconds", 0, "--max-seconds must be a finite number in (0, 86400]"),
+    ("--max-seconds", "1e308", "--max-seconds must be a finite number in (0, 86400]"),
     ("--temperature", "inf", "--temperature must be a finite number >= 0"),
     ("--temperature", "nan", "--temperature must be a finite number >= 0"),
     ("--temperature", -0.5, "--temperature must be a finite number >= 0"),
     ("--top-p", "nan", "--top-p must be a finite number in [0, 1]"),
-    ("--top-k", -1, "--top-k must be an integer >= 0"),
+    ("--top-k", -1, "--top-k must be an integer in [0, 2147483647]"),
+    ("--top-k", 2 ** 31, "--top-k must be an integer in [0, 2147483647]"),
 ])
 def test_bad_option_values_are_one_line_before_loading(tmp_path, option, value, needle):
     # The model does not exist: were it read first, the error would be about it.
@@ -177,3 +179,17 @@ def test_sigterm_during_speak_keeps_the_finished_part(mlx_model, tmp_path):
                                                 "Interrupted (SIGTERM)."]
     np.testing.assert_allclose(sf.read(partial, dtype="float32")[0], np.full(5760, 0.5), atol=1 / 32767)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chapter.partial.wav", "stalled"]
+
+
+def test_progress_counts_segments_once_their_audio_is_decoded():
+    from types import SimpleNamespace
+
+    from mlx_qwen_tts.cli.speak import Progress, stop_summary
+
+    # all three segments generated, two thirds of the audio decoded: the bar says 2 of 3, not 3 of 3
+    stats = SimpleNamespace(segments=3, segment_frames=[10, 10, 10], frames=20)
+    assert Progress(False, 3, stats, None).decoded_segments() == 2
+    stats.frames = 30
+    assert Progress(False, 3, stats, None).decoded_segments() == 3
+    assert stop_summary(["eos"] * 100 + ["max_frames"]) == "100 eos, 1 max_frames"
+    assert stop_summary(["eos"]) == "eos" and stop_summary([]) == "-"

@@ -133,8 +133,11 @@ def test_base_speaker_encoder_width_checked(model_dir):
 
 
 def test_missing_folder_and_files(tmp_path):
-    with pytest.raises(ConfigError, match="not a folder"):
+    with pytest.raises(ConfigError, match="nope does not exist"):
         load_model_config(tmp_path / "nope")
+    (tmp_path / "file").write_text("{}")
+    with pytest.raises(ConfigError, match="file is a file, not a folder"):
+        load_model_config(tmp_path / "file")
     with pytest.raises(ConfigError, match="config.json is missing"):
         load_model_config(tmp_path)
     (tmp_path / "config.json").write_text("{not json")

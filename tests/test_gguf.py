@@ -353,6 +353,9 @@ def test_qwentts_q8_0_repacks_exactly_into_8bit_groups_of_32(work, model_dir):
     assert raw["talker.codec_embedding.weight"].dtype == mx.float32  # a float destination: dequantized
     meta = json.loads((out / "config.json").read_text())[FORMAT_KEY]
     assert meta["quantization"] == {"group_size": 32, "bits": 8, "mode": "affine"} and meta["dtype"] == "bfloat16"
+    counted = meta["quantized"]  # what `convert` reports
+    assert counted["tensors"] == sum(k.endswith(".scales") for k in raw) <= counted["candidates"]
+    assert 0.5 < counted["weight_share"] <= 1
     written = Counter(q.name for role in ("talker", "codec") for _, _, q in pair.parts[role][1])
     assert meta["source"]["types"] == written
     codes = _greedy_frames(load_model(out, dtype=mx.float32))

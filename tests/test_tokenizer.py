@@ -35,6 +35,20 @@ def test_missing_files_are_named(model_dir, tmp_path):
         TextTokenizer(folder)
 
 
+@pytest.mark.parametrize("line, needle", [("a b c", "expected two tokens separated by one space"),
+                                         ("lonely", "expected two tokens"),
+                                         ("\u4e00\u4e00\u4e00 zz", "is not in vocab.json")])
+def test_a_bad_merges_line_is_named_by_file_and_line(model_dir, tmp_path, line, needle):
+    folder = tmp_path / "tok"
+    shutil.copytree(model_dir("customvoice_0b6"), folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    merges = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges.insert(3, line)
+    (folder / "merges.txt").write_text("\n".join(merges), encoding="utf-8")
+    with pytest.raises(ValueError, match="merges.txt, line 4: ") as e:
+        TextTokenizer(folder)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
 CONTROL_FROM = 151643  # <|endoftext|>: every id from here up is an added (special) token
 
 

@@ -60,6 +60,24 @@ def cpu_dtype(device: str):
 
 # -- option values: bad ones are one `Error:` line (exit 1), checked before any model is loaded --
 
+def utf8_text(ctx, param, value):
+    """A click callback: text from the command line must be UTF-8. Python hands over other bytes
+    as lone surrogates (surrogateescape), which no tokenizer takes."""
+    if value is None:
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        name = param.opts[-1] if isinstance(param, click.Option) else param.human_readable_name
+        try:
+            byte = f" (byte 0x{value[e.start].encode('utf-8', 'surrogateescape').hex()} at character {e.start})"
+        except UnicodeEncodeError:
+            byte = ""
+        raise click.ClickException(f"{name} is not UTF-8 text{byte}; check the terminal's or the "
+                                   "script's encoding") from None
+    return value
+
+
 class Number(click.ParamType):
     """A finite number in [low, high] (open at `low` if `low_open`); `integer` for integers only."""
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from mlx_qwen_tts.cli.common import Command, Group, cpu_dtype, model_size, select_device, user_errors
+from mlx_qwen_tts.cli.common import Command, Group, cpu_dtype, model_size, select_device, user_errors, utf8_text
 from mlx_qwen_tts.hub import DEFAULT_MODEL
 
 
@@ -53,8 +54,9 @@ def list_voices(model):
 @click.option("--no-quantize", is_flag=True, help="Keep every weight in --dtype.")
 @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16",
               show_default=True, help="Type of the unquantized weights (the codec stays float32).")
-@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,
-              help="Quantization group size.")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]),
+              help="Quantization group size; every quantized weight's width must be a multiple of it "
+                   "[default: 64, or 32 where 64 does not divide a width].")
 @click.option("--force", is_flag=True, help="Replace OUT if it is an earlier conversion (nothing else is deleted).")
 def convert_command(source, out, codec_gguf, tokenizer_dir, bits, no_quantize, dtype, group_size, force):
     """Convert a Qwen3-TTS checkpoint into an MLX folder.
@@ -68,12 +70,16 @@ def convert_command(source, out, codec_gguf, tokenizer_dir, bits, no_quantize, d
 
             if codec_gguf is None:
                 raise click.ClickException("a GGUF talker needs its codec file: --codec qwen-tokenizer-12hz-*.gguf")
+            from mlx_qwen_tts.loading import converted_meta
+
             convert_gguf(source, codec_gguf, out, tokenizer_dir=tokenizer_dir, overwrite=force, progress=True)
-            click.echo(f"Converted {source} + {codec_gguf} -> {out}", err=True)
+            meta = converted_meta(out)
+            click.echo(f"Converted {source} + {codec_gguf} -> {out} ({quantization_summary(meta)}, {meta['dtype']})",
+                       err=True)
             return
         from mlx_qwen_tts_convert.convert import check_output, convert_model
         from mlx_qwen_tts.hub import resolve_source
-        from mlx_qwen_tts.loading import is_converted
+        from mlx_qwen_tts.loading import converted_meta, is_converted
 
         local = [source] if Path(source).expanduser().exists() else []
         check_output(out, local, overwrite=force)  # before a download (a Hub source is checked once here)
@@ -81,10 +87,20 @@ def convert_command(source, out, codec_gguf, tokenizer_dir, bits, no_quantize, d
         if is_converted(folder):
             raise click.ClickException(f"{source} is already an MLX folder; convert the Hugging Face checkpoint")
         bits = None if no_quantize else int(bits)
-        convert_model(folder, out, bits=bits, group_size=int(group_size), dtype=dtype, overwrite=force,
-                      progress=True)
-    click.echo(f"Converted {source} -> {out} ({f'{bits}-bit, group {group_size}' if bits else 'unquantized'}, "
-               f"{dtype})", err=True)
+        convert_model(folder, out, bits=bits, group_size=group_size and int(group_size), dtype=dtype,
+                      overwrite=force, progress=True)
+        meta = converted_meta(out)
+    click.echo(f"Converted {source} -> {out} ({quantization_summary(meta)}, {dtype})", err=True)
+
+
+def quantization_summary(meta: dict) -> str:
+    """What was quantized, counted from the converter's record (never claimed from the options)."""
+    q, counts = meta.get("quantization"), meta.get("quantized") or {}
+    if not q:
+        return "unquantized"
+    return (f"{q['bits']}-bit, group {q['group_size']}: {counts.get('tensors', '?')} of "
+            f"{counts.get('candidates', '?')} quantizable tensors, {100 * counts.get('weight_share', 0):.1f} % "
+            "of the talker and code-predictor weights")
 
 
 @click.command("check-quant", cls=Command)
@@ -93,7 +109,9 @@ def convert_command(source, out, codec_gguf, tokenizer_dir, bits, no_quantize, d
               help="The float model it was made from (Hugging Face or unquantized MLX folder).")
 @click.option("--frames", type=click.IntRange(min=4), default=40, show_default=True,
               help="Frames generated per gate prompt.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print the report as JSON (strict: snr_db is "inf" for identical audio, null when no audio '
+                   "was decoded).")
 def check_quant(quantized, reference, frames, as_json):
     """Compare a quantized model with its float source (teacher-forced KL, top-1/top-5, SNR).
 
@@ -110,7 +128,7 @@ def check_quant(quantized, reference, frames, as_json):
         report = quality_gate(load_model(reference, dtype=mx.float32), load_model(quantized, dtype=mx.float32),
                               frames=frames)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     else:
         for part in ("talker", "predictor"):
             click.echo(f"{part:9s}: mean KL {getattr(report, part + '_kl'):.5f}, top-1 "
@@ -125,11 +143,13 @@ def check_quant(quantized, reference, frames, as_json):
 
 @click.command("create", cls=Command)
 @click.option("--ref-audio", required=True, type=click.Path(path_type=Path), help="A 1-30 s recording.")
-@click.option("--ref-text", help="Its transcript (enables in-context cloning).")
+@click.option("--ref-text", callback=utf8_text, help="Its transcript (enables in-context cloning).")
 @click.option("-m", "--model", required=True, help="The Base model the voice is for (folder or Hub id).")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The .safetensors file to write.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="The .safetensors file to write (a symbolic link there is replaced, not written through).")
+@click.option("--force", is_flag=True, help="Replace an existing OUT (never the recording, never a model's files).")
 @click.option("--device", type=click.Choice(["gpu", "cpu"]), help="Where MLX runs [default: gpu if available].")
-def voice_create(ref_audio, ref_text, model, out, device):
+def voice_create(ref_audio, ref_text, model, out, force, device):
     """Encode a reference recording once and save it for `speak --voice-file`."""
     with user_errors():
         from mlx_qwen_tts.config import load_model_config
@@ -139,12 +159,14 @@ def voice_create(ref_audio, ref_text, model, out, device):
         from mlx_qwen_tts.voice import SAMPLE_RATE, check_voice_path, load_reference_audio, make_voice_clone, save_voice
 
         check_voice_path(out)  # the output and the recording are checked before any model work
+        check_voice_output(out, ref_audio, force)
         if ref_text is not None and not ref_text.strip():
             raise click.ClickException("--ref-text is empty; give the recording's transcript, or leave it out")
         check_text_limit("--ref-text", ref_text, MAX_REF_TEXT_CHARS)
         wave = load_reference_audio(str(ref_audio))
         device = select_device(device)
         folder = resolve_model(model)
+        check_not_model_file(out, folder)
         if load_model_config(folder).model_type != "base":
             raise click.ClickException("voices can only be made for Base models")
         tts = load_model(folder, dtype=cpu_dtype(device), codec=False)
@@ -152,6 +174,43 @@ def voice_create(ref_audio, ref_text, model, out, device):
         save_voice(out, clone, tts)
     mode = "in-context (x-vector + reference codes)" if ref_text else "x-vector only"
     click.echo(f"Saved voice {out} ({mode})", err=True)
+
+
+MODEL_CONFIG_KEYS = ("model_type", "talker_config", "decoder_config", "mlx_qwen_tts")
+
+
+def holds_model(folder: Path) -> bool:
+    """Whether `folder` is a model's folder: its config.json is a model configuration."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and any(key in config for key in MODEL_CONFIG_KEYS)
+
+
+def check_voice_output(out: Path, ref_audio: Path, force: bool):
+    """A voice file never replaces the recording, a model's files, or (without --force) any file."""
+    from mlx_qwen_tts.paths import same_file
+
+    if same_file(out, ref_audio):
+        raise click.ClickException(f"--out {out} is the recording --ref-audio {ref_audio}; choose another name")
+    for folder in {Path(os.path.realpath(out.parent)), Path(os.path.realpath(out)).parent}:  # the link's, its target's
+        if holds_model(folder):
+            raise click.ClickException(f"--out {out} lies in the model folder {folder}; a voice file never goes "
+                                       "among a model's files: choose another folder")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise click.ClickException(f"{out} already exists; pass --force to replace it")
+
+
+def check_not_model_file(out: Path, folder: Path):
+    """Nor is it one of the loaded model's files (a hard or symbolic link to one included)."""
+    from mlx_qwen_tts.paths import same_file
+
+    for path in folder.rglob("*"):
+        if same_file(out, path):
+            raise click.ClickException(f"--out {out} is the model's file {path}; choose another name")
 
 
 voices.add_command(voice_create)

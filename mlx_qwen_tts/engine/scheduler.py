@@ -28,6 +28,7 @@ END = object()  # the last item of a Synthesis's chunk queue
 class SynthesisStats:
     frames: int = 0
     segments: int = 0
+    segment_frames: list = field(default_factory=list)  # frames of each finished segment, in order
     audio_s: float = 0.0
     elapsed_s: float = 0.0
     first_audio_s: float | None = None  # time to first audio chunk, from submission
@@ -306,6 +307,7 @@ class Scheduler:
     def _segment_done(self, job: _Job, row: Row):
         stats = job.synthesis.stats
         stats.segments += 1
+        stats.segment_frames.append(row.stats.frames)
         stats.host_syncs += row.stats.host_syncs
         stats.stop_reasons.append(row.stats.stop_reason)
         stats.runaway |= row.stats.runaway
