@@ -171,5 +171,30 @@ def start_server(tmp_path_factory):
         server.stop()
 
 
+CHROMEDRIVER, CHROMIUM = "/usr/bin/chromedriver", "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium through Selenium and the system chromedriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (Path(CHROMEDRIVER).exists() and Path(CHROMIUM).exists()):
+        raise RuntimeError("the browser tests need Debian's chromium and chromium-driver "
+                           "(tests/run.sh installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--autoplay-policy=no-user-gesture-required", "--window-size=900,640"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # OpenBLAS preloaded into chromium crashes it
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
 if __name__ == "__main__":  # tests/run.sh: build (or confirm) the fixtures with their progress shown
     ensure_fixtures()

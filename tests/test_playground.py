@@ -1,9 +1,8 @@
 """The playground page at `/` in a real headless browser (Debian's chromium through Selenium and the
-system chromedriver): it loads, speaks a sentence from the tiny fixture, and the audio element plays
-the streamed response without a JavaScript error."""
+system chromedriver: the `browser` fixture in conftest.py): it loads, speaks a sentence from the tiny
+fixture, and the audio element plays the streamed response without a JavaScript error."""
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -11,30 +10,6 @@ import pytest
 @pytest.fixture(scope="module")
 def server(start_server, model_dir):
     return start_server(model_dir("customvoice_0b6"))
-
-
-CHROMEDRIVER, CHROMIUM = "/usr/bin/chromedriver", "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    if not (Path(CHROMEDRIVER).exists() and Path(CHROMIUM).exists()):
-        raise RuntimeError("the playground test needs Debian's chromium and chromium-driver "
-                           "(tests/run.sh installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--autoplay-policy=no-user-gesture-required", "--window-size=900,640"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # OpenBLAS preloaded into chromium crashes it
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "wav"])

@@ -36,7 +36,9 @@ def wait_for(predicate, timeout=20.0, what="condition"):
 
 
 def decode(data: bytes) -> np.ndarray:
-    """Decode a whole file read to its end (a streamed FLAC has no total length, so read blocks)."""
+    """Decode a whole file read to its end. A streamed FLAC's total is 0 (unknown), which
+    libsndfile reports as 2^63 - 1 frames: soundfile's read, read(n) and blocks all fail on it
+    (README, "Unknown lengths"), so this loops on libsndfile's own sf_readf_float."""
     out = []
     with sf.SoundFile(io.BytesIO(data)) as f:
         assert f.samplerate == 24000 and f.channels == 1
@@ -126,7 +128,8 @@ def test_first_bytes_leave_while_generating_and_each_request_is_logged(server):
         rest = b"".join(chunks)
     frames = (len(first) + len(rest)) // (2 * SAMPLES_PER_FRAME)
     wait_for(lambda: f"frames={frames} " in server.log(), 10, "the request's log line")
-    assert re.search(rf"speech-\d+ ok voice=ryan format=pcm frames={frames} ttfb=\d+\.\d+s rtf=\d", server.log())
+    assert re.search(rf"[0-9a-f]{{32}} POST /v1/audio/speech 200 voice=ryan format=pcm outcome=ok frames={frames} "
+                     rf"stop=eos rtf=\d+\.\d+ ttfb=\d+\.\d+s audio=\d+\.\d+s", server.log())
 
 
 def test_sse_deltas_are_the_pcm_bytes(client, reference):
@@ -168,8 +171,8 @@ def test_a_client_that_hangs_up_frees_its_row(server):
         next(chunks)
         assert health(server)["active_rows"] == 1
     wait_for(lambda: health(server)["active_rows"] == 0, 10, "the row to be freed")
-    wait_for(lambda: " cancelled voice=vivian" in server.log(), 10, "the cancellation log line")
-    frames = int(re.search(r"cancelled voice=vivian format=pcm frames=(\d+)", server.log()).group(1))
+    wait_for(lambda: "voice=vivian format=pcm outcome=cancelled" in server.log(), 10, "the cancellation log line")
+    frames = int(re.search(r"voice=vivian format=pcm outcome=cancelled frames=(\d+)", server.log()).group(1))
     assert frames < LONG_FRAMES  # it stopped well before its natural end
 
 
@@ -359,13 +362,20 @@ def test_registered_voices_survive_a_restart_and_sigterm_finishes_requests(start
         httpx.post(f"{url}/v1/audio/speech", json={"input": "Hi.", "voice": "narrator"}), 400, "voice")["message"]
     assert sorted(p.name for p in voices_dir.iterdir()) == ["plain.safetensors"]
 
+    # A voice file removed behind the server's back is a 404 that names no server path.
+    (voices_dir / "plain.safetensors").rename(voices_dir / "plain.moved")
+    error = assert_openai_error(httpx.post(f"{url}/v1/audio/speech", json={"input": "Hi.", "voice": "plain"}), 404,
+                                "voice")
+    assert "plain" in error["message"] and str(voices_dir) not in error["message"] and "/" not in error["message"]
+    (voices_dir / "plain.moved").unlink()
     # A failure inside generation (a voice file broken behind the server's back) ends that request
-    # with a 5xx OpenAI error, and nothing else.
+    # with a 5xx OpenAI error, and nothing else; the message names no server path either.
     (voices_dir / "plain.safetensors").write_bytes(b"broken")
     for extra in ({}, {"stream_format": "sse"}):
         r = httpx.post(f"{url}/v1/audio/speech", timeout=60, json={"input": "Hi.", "voice": "plain", **extra})
         error = assert_openai_error(r, 500)
         assert error["type"] == "server_error" and error["message"].startswith("generation failed: ")
+        assert str(voices_dir) not in error["message"]
     assert register("again").status_code == 201
     np.testing.assert_allclose(pcm(say("again")), want, atol=INT16, rtol=0)
     assert health(server)["active_rows"] == 0

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hmac
 import tempfile
 import time
 from contextlib import asynccontextmanager
@@ -15,16 +14,21 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
 from mlx_qwen_tts.server.errors import ApiError, install_error_handlers
+from mlx_qwen_tts.server.guard import RequestGate, RequestLog
+from mlx_qwen_tts.server.health import EngineWatch
 from mlx_qwen_tts.server.registry import VoiceRegistry, check_name
 from mlx_qwen_tts.server.speech import MAX_INPUT_CHARS, SpeechRequest, speech
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_UPLOAD_BODY = MAX_UPLOAD_BYTES + 64 * 1024  # the audio plus the form's other fields
+CLIENT_TIMEOUT_S = 30.0
+MAX_SECONDS_PER_REQUEST = 600.0
 
 
 @dataclass
@@ -41,21 +45,11 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
     ignore_eos: bool = False  # benchmarks only: every request runs to max_frames
+    client_timeout: float = CLIENT_TIMEOUT_S  # headers, body and a stalled reader (server/connection.py)
+    max_seconds_per_request: float = MAX_SECONDS_PER_REQUEST  # audio; caps every request's max_frames
 
     def voice_names(self) -> list[str]:
         return list(self.model.config.speaker_names) + (self.registry.names() if self.registry.enabled else [])
-
-
-def _auth(state: ServerState):
-    async def check(request: Request):
-        if state.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-    return check
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -68,34 +62,40 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="mlx-qwen-tts", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.tts = state
     install_error_handlers(app)
+    # Middleware added last runs first: the log and request id, then CORS, then key and body.
+    app.add_middleware(RequestGate, api_key=state.api_key, client_timeout=state.client_timeout,
+                       upload_paths={"/v1/audio/voices": MAX_UPLOAD_BODY})
     if state.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
+        # allow_headers "*": the OpenAI JS SDK sends X-Stainless-* headers with every call.
         app.add_middleware(CORSMiddleware, allow_origins=state.cors_origins, allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["Authorization", "Content-Type"])
-    auth = [Depends(_auth(state))]
+                           allow_headers=["*"], expose_headers=["X-Request-Id"])
+    app.add_middleware(RequestLog)
     cfg = state.model.config
+    watch = EngineWatch(state.engine)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok" if state.ready else "starting", "ready": state.ready,
-                "active_rows": state.engine.active_rows, "queued": state.engine.queued,
-                "max_batch": state.max_batch, "max_queue": state.max_queue}
+        code, fields = await watch.report(state.ready)
+        return JSONResponse({**fields, "ready": state.ready, "active_rows": state.engine.active_rows,
+                             "queued": state.engine.queued, "max_batch": state.max_batch,
+                             "max_queue": state.max_queue}, status_code=code)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground():  # a static page (no data in it); the API calls it makes need the key
         return HTMLResponse(resources.files("mlx_qwen_tts.server").joinpath("static/index.html").read_text())
 
-    @app.get("/v1/models", dependencies=auth)
+    @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": state.model_id, "object": "model", "created": state.created,
                                             "owned_by": "mlx-qwen-tts"}]}
 
-    @app.post("/v1/audio/speech", dependencies=auth)
+    @app.post("/v1/audio/speech")
     async def audio_speech(request: Request, body: SpeechRequest):
         return await speech(state, request, body)
 
-    @app.get("/v1/audio/voices", dependencies=auth)
+    @app.get("/v1/audio/voices")
     async def voices():
         from mlx_qwen_tts.config import config_summary
 
@@ -117,13 +117,9 @@ def create_app(state: ServerState) -> FastAPI:
                            code="unsupported")
         return state.registry
 
-    @app.post("/v1/audio/voices", dependencies=auth, status_code=201)
+    @app.post("/v1/audio/voices", status_code=201)
     async def create_voice(request: Request):
         registry = registry_or_error()
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_UPLOAD_BYTES + 64 * 1024:
-            raise ApiError(413, f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB", param="audio",
-                           code="file_too_large")
         try:
             form = await request.form(max_files=1, max_fields=8)
         except Exception as e:  # not multipart, or a broken body
@@ -157,7 +153,7 @@ def create_app(state: ServerState) -> FastAPI:
             raise ApiError(400, " ".join(str(e).split()), param="audio", code="invalid_audio") from None
         return JSONResponse(entry, status_code=201)
 
-    @app.delete("/v1/audio/voices/{name}", dependencies=auth)
+    @app.delete("/v1/audio/voices/{name}")
     async def delete_voice(name: str):
         registry = registry_or_error()
         try:

@@ -16,6 +16,18 @@ import click
 from mlx_qwen_tts.hub import DEFAULT_MODEL
 
 GRACE_S = 5  # on SIGTERM / Ctrl-C: in-flight requests get this long, then they are cancelled
+KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this long
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 def _warm_up(engine, model) -> float:
@@ -60,12 +72,16 @@ def _logger(level: str) -> logging.Logger:
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="Allow browser calls from this origin (repeatable; '*' for any). CORS is off by default.")
 @click.option("--max-input-chars", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-seconds-per-request", default=600.0, show_default=True, type=click.FloatRange(min=0.1, max=86400),
+              help="Audio seconds one request may make at most (caps its max_frames).")
+@click.option("--client-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1, max=3600),
+              help="Seconds a client may take to send its request headers or body, or stall reading a response.")
 @click.option("--device", type=click.Choice(["gpu", "cpu"]), help="Where MLX runs [default: gpu if available].")
 @click.option("--ignore-eos", is_flag=True, hidden=True, help="Benchmarks: never stop before max_frames.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_origins, max_input_chars, device,
-          ignore_eos, log_level):
+def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_origins, max_input_chars,
+          max_seconds_per_request, client_timeout, device, ignore_eos, log_level):
     """Serve OpenAI-compatible text to speech (POST /v1/audio/speech) with a playground at /."""
     from mlx_qwen_tts.cli.common import select_device, user_errors
 
@@ -73,6 +89,7 @@ def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_ori
         import uvicorn
 
         from mlx_qwen_tts.server.app import ServerState, create_app
+        from mlx_qwen_tts.server.connection import guarded_h11
     except ImportError as e:
         raise click.ClickException(f"the server needs its extra: pip install 'mlx-qwen-tts[server]' ({e})")
     import mlx.core as mx
@@ -104,11 +121,15 @@ def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_ori
                     tts.config.model_type)
     state = ServerState(model=tts, engine=engine, registry=registry, model_id=str(model), api_key=api_key or None,
                         max_input_chars=max_input_chars, cors_origins=list(cors_origins), max_batch=max_batch,
-                        max_queue=max_queue, ready=True, ignore_eos=ignore_eos)
+                        max_queue=max_queue, ready=True, ignore_eos=ignore_eos, client_timeout=client_timeout,
+                        max_seconds_per_request=max_seconds_per_request)
     log.info("model %s (%s) on %s loaded and warmed up in %.1f s (warm-up %.2f s); %d registered voices",
              model, tts.config.model_type, device, time.perf_counter() - started, warm, len(registry.names()))
+    if not api_key and not _is_loopback(host):
+        log.warning("serving on %s without --api-key: anyone who can reach this address can use the server", host)
     config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=GRACE_S, lifespan="on")
+                            timeout_graceful_shutdown=GRACE_S, lifespan="on", http=guarded_h11(client_timeout),
+                            timeout_keep_alive=KEEP_ALIVE_S)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once it is done; with these handlers in place
     # that is a no-op, so a graceful stop exits 0.

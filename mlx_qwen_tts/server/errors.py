@@ -50,6 +50,8 @@ def _validation_message(errors) -> tuple[str, str | None, str]:
         return f"the body is not valid JSON ({_one_line(e.get('msg', ''))})", None, "invalid_json"
     param = loc[0] if loc else None  # the top-level field (a union adds its member names)
     kind = e.get("type", "")
+    if kind == "value_error":  # our validators: the message follows the field's name
+        return f"{param or 'body'} {_one_line(e.get('msg', '')).removeprefix('Value error, ')}", param, "invalid_value"
     if param == "voice" and kind != "missing":
         return 'voice must be a voice name or an object {"id": name}', param, "invalid_type"
     if kind == "missing":
@@ -62,25 +64,31 @@ def _validation_message(errors) -> tuple[str, str | None, str]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    def respond(request: Request, error: ApiError):
+        record = request.scope.get("mlx_qwen_tts.record")  # the request's log line names the error
+        if record is not None and error.code:
+            record.fields["error"] = error.code
+        return error.response()
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return exc.response()
+        return respond(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         message, param, code = _validation_message(exc.errors())
-        return ApiError(400, message, param=param, code=code).response()
+        return respond(request, ApiError(400, message, param=param, code=code))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        message, code = exc.detail if isinstance(exc.detail, str) else "request failed", None
         if exc.status_code == 404:
-            message = f"no such endpoint: {request.method} {request.url.path}"
+            message, code = f"no such endpoint: {request.method} {request.url.path}", "unknown_endpoint"
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
-        return ApiError(exc.status_code, message, headers=getattr(exc, "headers", None)).response()
+            message, code = f"{request.method} is not allowed on {request.url.path}", "method_not_allowed"
+        return respond(request, ApiError(exc.status_code, message, code=code, headers=getattr(exc, "headers", None)))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return ApiError(500, "internal server error; see the server log", code="internal_error").response()
+        return respond(request, ApiError(500, "internal server error; see the server log", code="internal_error"))

@@ -13,12 +13,12 @@ import threading
 import time
 from pathlib import Path
 
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # always fullmatch: "$" lets a trailing newline through
 SUFFIX = ".safetensors"
 
 
 def check_name(name) -> str:
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ValueError("voice name must be 1-64 letters, digits, '_' or '-' (no paths)")
     return name
 
@@ -46,7 +46,7 @@ class VoiceRegistry:
 
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
             name = path.name[:-len(SUFFIX)]
-            if not NAME.match(name):
+            if not NAME.fullmatch(name):
                 continue
             try:
                 clone = self.engine.call_aside(load_voice, path, self.model).result()

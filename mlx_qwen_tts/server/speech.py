@@ -4,36 +4,51 @@ and its chunks leave as one streamed container (or as SSE events) while they are
 The event loop never blocks on the engine: the engine's thread wakes a response through an
 asyncio event (`Synthesis.on_chunk`) and the response takes what is there with `ready()`. A client
 that hangs up ends the body iterator (Starlette cancels it, or the next send fails), and its
-`finally` cancels the synthesis, which frees the row within one frame.
+`finally` cancels the synthesis, which frees the row within one frame. A client that stops
+reading is dropped by the connection's stall timer (server/connection.py), which ends the same way.
+Request checks and tokenization run in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
-import time
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlx_qwen_tts.engine.service import QueueFull
 from mlx_qwen_tts.server.encoders import CONTENT_TYPES, FORMATS, EncoderUnavailable, make_encoder
 from mlx_qwen_tts.server.errors import ApiError, log
+from mlx_qwen_tts.server.guard import RequestRecord, record_of
 
 MAX_INPUT_CHARS = 4096
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 CHECK_S = 0.2  # while no chunk comes, how often a response checks that its client is still there
 FIRST_CHUNK_FRAMES, CHUNK_FRAMES = 2, 8  # first bytes after 2 frames (160 ms of audio)
-_ids = itertools.count(1)
+FRAME_RATE = 12.5  # frames per second of audio
+INT32_MAX = 2**31 - 1  # counts beyond it overflow MLX's int32 arguments
+Count = Annotated[int, Field(le=INT32_MAX)]
+
+
+def _no_lone_surrogates(value):
+    # JSON may carry "\ud800", which Python decodes to a string that cannot be encoded (or tokenized).
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("is not valid Unicode (it holds a lone surrogate such as \\ud800)") from None
+    return value
 
 
 class VoiceId(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     id: str
+    _check_text = field_validator("id")(_no_lone_surrogates)
 
 
 class SpeechRequest(BaseModel):
@@ -51,10 +66,11 @@ class SpeechRequest(BaseModel):
     seed: Optional[int] = None
     greedy: bool = False
     temperature: Optional[float] = None
-    top_k: Optional[int] = None
+    top_k: Optional[Count] = None
     top_p: Optional[float] = None
-    max_frames: Optional[int] = None
+    max_frames: Optional[Count] = None
     non_streaming_text: bool = True
+    _check_text = field_validator("model", "input", "voice", "instructions", "language")(_no_lone_surrogates)
 
 
 # ValueError messages of make_request name the value; the first name found is the `param`.
@@ -90,6 +106,9 @@ def voice_arguments(state, body: SpeechRequest) -> dict:
     if name is not None:
         path = state.registry.path(name) if state.registry.enabled else None
         if path is not None:
+            if not path.is_file():  # removed behind the server's back; the message names no server path
+                raise ApiError(404, f"registered voice {name!r} is gone (its file was removed); register it again",
+                               param="voice", code="voice_not_found")
             return {"voice_file": path}
         if cfg.model_type == "custom_voice" and name.lower() in cfg.speakers:
             return {"voice": name.lower()}
@@ -134,24 +153,31 @@ async def _next_chunks(synthesis, request: Request, wake: asyncio.Event):
                 raise ConnectionError("client disconnected") from None
 
 
-def _generation_error(synthesis) -> ApiError:
+def _generation_error(synthesis, voice_file=None) -> ApiError:
     message = " ".join(str(synthesis.error).split()) or type(synthesis.error).__name__
+    if voice_file is not None:  # a broken voice file: say which voice, not where the server keeps it
+        message = message.replace(str(voice_file), "the registered voice's file")
     return ApiError(500, f"generation failed: {message}", code="generation_failed")
 
 
-async def speech(state, request: Request, body: SpeechRequest):
-    started = time.perf_counter()
-    rid = f"speech-{next(_ids)}"
-    check_request(body, state.max_input_chars)
+def stop_reason(synthesis, server_cap: bool) -> str:
+    """Why the request's audio ended: eos, max_frames (the client's), server_limit, runaway, cancelled."""
+    stats = synthesis.stats
+    if stats.runaway:
+        return "runaway"
+    if "max_frames" in stats.stop_reasons:
+        return "server_limit" if server_cap else "max_frames"
+    if synthesis.cancelled and not synthesis.finished:
+        return "cancelled"
+    return "eos"
+
+
+def _submit(state, body: SpeechRequest, max_frames: int, kwargs: dict):
+    """Check the request and submit it (text splitting and checks: in a worker thread)."""
     try:
-        encoder = make_encoder(body.response_format)
-    except EncoderUnavailable as e:
-        raise ApiError(400, str(e), param="response_format", code="unsupported_format") from None
-    kwargs = voice_arguments(state, body)
-    try:
-        synthesis = state.engine.submit(
+        return state.engine.submit(
             body.input, language=body.language, instruct=body.instructions, greedy=body.greedy, seed=body.seed,
-            non_streaming_text=body.non_streaming_text, max_frames=body.max_frames,
+            non_streaming_text=body.non_streaming_text, max_frames=max_frames,
             temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
             first_chunk_frames=FIRST_CHUNK_FRAMES, chunk_frames=CHUNK_FRAMES, ignore_eos=state.ignore_eos, **kwargs)
     except QueueFull as e:
@@ -160,6 +186,28 @@ async def speech(state, request: Request, body: SpeechRequest):
     except ValueError as e:
         raise ApiError(400, " ".join(str(e).split()), param=_param_of(str(e)), code="invalid_value") from None
 
+
+async def speech(state, request: Request, body: SpeechRequest):
+    record = record_of(request.scope) or RequestRecord("-")
+    check_request(body, state.max_input_chars)
+    try:
+        encoder = make_encoder(body.response_format)
+    except EncoderUnavailable as e:
+        raise ApiError(400, str(e), param="response_format", code="unsupported_format") from None
+    kwargs = voice_arguments(state, body)
+    voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
+    record.fields.update(voice=voice, format=body.response_format)
+    cap = max(1, int(state.max_seconds_per_request * FRAME_RATE))
+    server_cap = body.max_frames is None or body.max_frames > cap
+    max_frames = cap if body.max_frames is None else min(body.max_frames, cap)  # 0 or less: make_request's 400
+    synthesis = await run_in_threadpool(_submit, state, body, max_frames, kwargs)
+
+    def note_end(outcome: str):
+        stats = synthesis.stats
+        record.audio_s = stats.audio_s
+        record.fields.update(outcome=outcome, frames=stats.frames, stop=stop_reason(synthesis, server_cap),
+                             rtf=f"{stats.rtf:.2f}" if stats.audio_s and stats.elapsed_s else "-")
+
     wake = _wake_on_chunks(synthesis)
     # Hold the headers until the first audio (or a failure): an error before any audio can
     # still be a proper JSON error with its status.
@@ -167,21 +215,18 @@ async def speech(state, request: Request, body: SpeechRequest):
         first, ended = await _next_chunks(synthesis, request, wake)
     except ConnectionError:  # the client left before any audio: nobody reads this answer
         synthesis.cancel()
-        log.info("%s cancelled before the first audio (client left)", rid)
+        note_end("cancelled")
         return Response(status_code=400)
     except asyncio.CancelledError:
         synthesis.cancel()
         raise
     if ended and synthesis.error is not None:
-        log.error("%s failed: %s", rid, synthesis.error, exc_info=synthesis.error)
-        raise _generation_error(synthesis)
-    voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
+        log.error("%s failed: %s", record.id, synthesis.error, exc_info=synthesis.error)
+        note_end("failed")
+        raise _generation_error(synthesis, kwargs.get("voice_file"))
     sse = body.stream_format == "sse"
-    timing = {"ttfb": None}
 
     def pack(data: bytes) -> bytes:
-        if timing["ttfb"] is None and data:
-            timing["ttfb"] = time.perf_counter() - started
         if not sse or not data:
             return data
         event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
@@ -200,27 +245,24 @@ async def speech(state, request: Request, body: SpeechRequest):
                 chunks, done = await _next_chunks(synthesis, request, wake)
             if synthesis.error is not None:
                 outcome = "failed"
-                log.error("%s failed: %s", rid, synthesis.error, exc_info=synthesis.error)
+                log.error("%s failed: %s", record.id, synthesis.error, exc_info=synthesis.error)
                 if not sse:
-                    raise RuntimeError(f"{rid}: generation failed")  # aborts the body: the client sees it
-                error = _generation_error(synthesis).body()["error"]
+                    raise RuntimeError(f"{record.id}: generation failed")  # aborts the body: the client sees it
+                error = _generation_error(synthesis, kwargs.get("voice_file")).body()["error"]
                 yield f"data: {json.dumps({'type': 'speech.audio.error', 'error': error})}\n\n".encode()
                 return
             tail = pack(encoder.finish())
             if tail:
                 yield tail
             if sse:
-                usage = _usage(state, body, synthesis.stats.frames)
-                yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n".encode()
+                usage = await run_in_threadpool(_usage, state, body, synthesis.stats.frames)
+                done_event = {"type": "speech.audio.done", "usage": usage,
+                              "stop_reason": stop_reason(synthesis, server_cap)}
+                yield f"data: {json.dumps(done_event)}\n\n".encode()
             outcome = "ok" if not synthesis.cancelled else "cancelled"
         finally:
             synthesis.cancel()  # a no-op once finished; frees the row of a client that left
-            stats = synthesis.stats
-            ttfb = f"{timing['ttfb']:.3f}s" if timing["ttfb"] is not None else "-"
-            rtf = f"{stats.rtf:.2f}" if stats.audio_s else "-"
-            log.info("%s %s voice=%s format=%s frames=%d ttfb=%s rtf=%s total=%.2fs", rid, outcome, voice,
-                     body.response_format, stats.frames, ttfb, rtf, time.perf_counter() - started)
+            note_end(outcome)
 
     media = "text/event-stream" if sse else CONTENT_TYPES[body.response_format]
-    headers = {"X-Request-Id": rid, "Cache-Control": "no-store"}
-    return StreamingResponse(body_iter(), media_type=media, headers=headers)
+    return StreamingResponse(body_iter(), media_type=media, headers={"Cache-Control": "no-store"})
