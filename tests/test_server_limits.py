@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from mlx_qwen_tts.server.health import EngineWatch
-from mlx_qwen_tts.server.registry import check_name
+from mlx_qwen_tts.server.cli import _is_loopback
+from mlx_qwen_tts.server.registry import NAME, check_name
 from test_server import assert_openai_error, health, wait_for
 
 KEY = "sekret"
@@ -254,6 +255,12 @@ def test_voice_names_must_match_whole():
     for name in ("narrator\n", "a\nb", "x" * 65, "", "a.b"):
         with pytest.raises(ValueError):
             check_name(name)
+        assert not NAME.match(name)  # the registry's folder scan uses match
+
+
+def test_non_loopback_hosts_are_told_apart():
+    assert all(_is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(_is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.20", "example.com"))
 
 
 # -- CORS -------------------------------------------------------------------------------------------

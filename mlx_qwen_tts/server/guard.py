@@ -23,7 +23,7 @@ from mlx_qwen_tts.server.errors import ApiError, log
 
 REQUEST_ID = re.compile(r"[!-~]{1,128}")  # printable ASCII, no spaces: safe in a log line and a header
 RECORD = "mlx_qwen_tts.record"  # the scope key of a request's `RequestRecord`
-OPEN_PATHS = frozenset({"/", "/health"})  # no key needed: the static playground and health
+OPEN_PATHS = frozenset({"/", "/health", "/health/ready"})  # no key: the static playground and health probes
 MAX_JSON_BYTES = 1 << 20  # 4096 characters escaped as \uXXXX pairs are ~50 KB
 BODY_DEADLINE_S = 120.0  # a whole body, however it trickles in
 

@@ -2,7 +2,7 @@
 
 Each voice is `<voices-dir>/<name>.safetensors` (the format of `mlx-qwen-tts voice create`), so
 the folder is the registry: it is read again at start, and a voice survives a restart. Names are
-plain (`^[A-Za-z0-9_-]{1,64}$`), which keeps every path inside the folder.
+plain (`[A-Za-z0-9_-]{1,64}`, the whole name), which keeps every path inside the folder.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # always fullmatch: "$" lets a trailing newline through
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")  # \Z, not $: "$" also matches before a final newline
 SUFFIX = ".safetensors"
 
 
@@ -46,7 +46,7 @@ class VoiceRegistry:
 
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
             name = path.name[:-len(SUFFIX)]
-            if not NAME.fullmatch(name):
+            if not NAME.match(name):
                 continue
             try:
                 clone = self.engine.call_aside(load_voice, path, self.model).result()
