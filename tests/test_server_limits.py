@@ -4,8 +4,6 @@ is a 400, slow senders and clients that stop reading are dropped (raw sockets), 
 an id and one log line, each request is capped by the server, and CORS lets the OpenAI JS SDK's
 preflight through (checked in headless chromium)."""
 
-import asyncio
-import concurrent.futures
 import http.server
 import json
 import re
@@ -16,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from mlx_qwen_tts.server.health import EngineWatch
+from mlx_qwen_tts.server.health import engine_health
 from mlx_qwen_tts.server.cli import _is_loopback
 from mlx_qwen_tts.server.registry import NAME, check_name
 from test_server import assert_openai_error, health, wait_for
@@ -230,24 +228,30 @@ def test_every_response_has_a_request_id_and_one_log_line(server):
 
 
 def test_health_reports_a_stalled_engine():
-    class StuckEngine:  # an engine thread that never comes round to run a call
-        def call(self, fn):
-            return concurrent.futures.Future()
+    class Engine:  # an engine whose thread has been in one turn for lag_s seconds
+        lag_s = 0.0
 
-    class ClosedEngine:
-        def call(self, fn):
-            future = concurrent.futures.Future()
-            future.set_exception(RuntimeError("the engine is closed"))
-            return future
+    engine = Engine()
+    assert engine_health(engine, True) == (200, {"status": "ok", "engine_lag_s": 0.0})
+    engine.lag_s = 7.5
+    assert engine_health(engine, True) == (503, {"status": "stalled", "engine_lag_s": 7.5})
+    assert engine_health(engine, False) == (200, {"status": "starting", "engine_lag_s": 7.5})
 
-    async def check():
-        watch = EngineWatch(StuckEngine(), stall_s=0.3)
-        assert await watch.report(True) == (200, {"status": "ok", "engine_lag_s": pytest.approx(0.25, abs=0.1)})
-        code, fields = await watch.report(True)
-        assert code == 503 and fields["status"] == "stalled" and fields["engine_lag_s"] > 0.3
-        assert await EngineWatch(ClosedEngine()).report(True) == (503, {"status": "stopped", "engine_lag_s": None})
 
-    asyncio.run(check())
+def test_the_engine_reports_how_long_its_thread_is_stuck(model_dir):
+    import mlx.core as mx
+
+    from mlx_qwen_tts.engine.service import Engine
+    from mlx_qwen_tts.loading import load_model
+
+    with Engine(load_model(model_dir("customvoice_0b6"), dtype=mx.float32), max_batch=1) as engine:
+        time.sleep(0.2)
+        assert engine.lag_s == 0  # waiting for work
+        blocked = engine.call(time.sleep, 1.5)  # holds the engine's thread, as a long prefill would
+        time.sleep(0.8)
+        assert 0.5 < engine.lag_s < 1.5
+        blocked.result()
+        wait_for(lambda: engine.lag_s == 0, 5, "the engine to wait for work again")
 
 
 def test_voice_names_must_match_whole():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
+import time
 from concurrent.futures import Future
 
 import mlx.core as mx
@@ -48,6 +49,7 @@ class Engine:
         self._waiting = 0  # submitted, no row yet (being prepared + inbox + scheduler)
         self._preparing = 0
         self._active_rows = 0
+        self._idle, self._turn = True, time.monotonic()  # for lag_s
         self._closed = threading.Event()
         self._device = mx.default_device()
         self._thread = threading.Thread(target=self._run, name="mlx-qwen-tts-engine", daemon=True)
@@ -59,6 +61,12 @@ class Engine:
     @property
     def max_batch(self) -> int:
         return self._scheduler.max_batch
+
+    @property
+    def lag_s(self) -> float:
+        """Seconds since the engine's thread last came round its loop (a turn: calls, then a frame
+        or a prefill); 0 while it waits for work. A large value means a stuck engine (/health)."""
+        return 0.0 if self._idle else time.monotonic() - self._turn
 
     @property
     def active_rows(self) -> int:
@@ -202,10 +210,13 @@ class Engine:
 
     def _take_new(self, block: bool):
         self._run_calls(self._calls)
+        self._idle = block  # waiting for work is not a stuck turn
         try:
             item = self._inbox.get(block=block)
         except queue.Empty:
             return
+        finally:
+            self._idle, self._turn = False, time.monotonic()
         self._run_calls(self._calls)
         while item is not None:
             self._scheduler.submit(item)

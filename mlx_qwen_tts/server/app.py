@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 
 from mlx_qwen_tts.server.errors import ApiError, install_error_handlers
 from mlx_qwen_tts.server.guard import RequestGate, RequestLog
-from mlx_qwen_tts.server.health import EngineWatch
+from mlx_qwen_tts.server.health import engine_health
 from mlx_qwen_tts.server.registry import VoiceRegistry, check_name
 from mlx_qwen_tts.server.speech import MAX_INPUT_CHARS, SpeechRequest, speech
 
@@ -73,11 +73,10 @@ def create_app(state: ServerState) -> FastAPI:
                            allow_headers=["*"], expose_headers=["X-Request-Id"])
     app.add_middleware(RequestLog)
     cfg = state.model.config
-    watch = EngineWatch(state.engine)
 
     @app.get("/health")
     async def health():
-        code, fields = await watch.report(state.ready)
+        code, fields = engine_health(state.engine, state.ready)
         return JSONResponse({**fields, "ready": state.ready, "active_rows": state.engine.active_rows,
                              "queued": state.engine.queued, "max_batch": state.max_batch,
                              "max_queue": state.max_queue}, status_code=code)
