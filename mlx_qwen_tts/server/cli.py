@@ -66,7 +66,7 @@ def _logger(level: str) -> logging.Logger:
 @click.option("--max-queue", type=click.IntRange(min=1),
               help="Requests allowed to wait for a row; beyond it the answer is 429 [default: no limit].")
 @click.option("--api-key", envvar="MLX_QWEN_TTS_API_KEY", show_envvar=True,
-              help="Require 'Authorization: Bearer KEY' on every endpoint but /health.")
+              help="Require 'Authorization: Bearer KEY' on every endpoint but /health and the playground page.")
 @click.option("--voices-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Base models: where registered voices are kept (and read again at start).")
 @click.option("--cors-origin", "cors_origins", multiple=True,
