@@ -77,6 +77,20 @@ def test_the_waiting_queue_is_bounded(custom):
         assert len(list(second)) >= 1
 
 
+def test_calls_do_not_count_as_waiting_requests(custom):
+    # Each call wakes the engine with a marker in its inbox; those markers are not requests, so a
+    # server's queue bound (429) must not see them.
+    with Engine(custom, max_batch=1, max_queue=1) as engine:
+        long = engine.submit(TEXT, voice="ryan", seed=1, ignore_eos=True, max_frames=2000, first_chunk_frames=1)
+        next(iter(long))
+        for future in [engine.call(lambda: None) for _ in range(20)]:
+            future.result(10)
+        frames = long.stats.frames
+        _wait(lambda: long.stats.frames > frames + 1)  # a few turns of the engine's loop
+        assert engine.queued == 0
+        long.cancel()
+
+
 def test_bad_values_fail_at_submit_and_a_failing_request_ends_alone(custom, tmp_path):
     with Engine(custom, max_batch=4) as engine:
         with pytest.raises(ValueError, match="unknown voice"):

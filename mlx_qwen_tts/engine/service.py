@@ -47,6 +47,7 @@ class Engine:
         self._aside: queue.SimpleQueue = queue.SimpleQueue()  # Synthesis to prepare, or (future, fn, args)
         self._lock = threading.Lock()
         self._waiting = 0  # submitted, no row yet (being prepared + inbox + scheduler)
+        self._in_inbox = 0  # requests (not wake-ups) in the inbox
         self._preparing = 0
         self._active_rows = 0
         self._idle, self._turn = True, time.monotonic()  # for lag_s
@@ -88,6 +89,7 @@ class Engine:
             self._waiting += 1
             cloning = request.clone is not None or request.ref_audio is not None or request.voice_file is not None
             self._preparing += cloning
+            self._in_inbox += not cloning
         synthesis = Synthesis(request, stats)
         (self._aside if cloning else self._inbox).put(synthesis)
         return synthesis
@@ -165,6 +167,7 @@ class Engine:
             _cancel(synthesis, cancelled=False)
         with self._lock:
             self._preparing -= 1
+            self._in_inbox += not synthesis.finished
         self._inbox.put(None if synthesis.finished else synthesis)  # None: wakes the engine to recount
 
     def __enter__(self) -> "Engine":
@@ -191,7 +194,7 @@ class Engine:
                 except Exception as e:  # a fault of the whole batch: end its requests, keep serving
                     scheduler.fail_all(e)
             with self._lock:
-                self._waiting = scheduler.waiting + self._inbox.qsize() + self._preparing
+                self._waiting = scheduler.waiting + self._in_inbox + self._preparing
             self._active_rows = sum(1 for row in scheduler.batch.rows if not (row.done or row.cancelled))
         for job in list(scheduler.jobs):
             job.synthesis.cancelled = True
@@ -218,8 +221,11 @@ class Engine:
         finally:
             self._idle, self._turn = False, time.monotonic()
         self._run_calls(self._calls)
-        while item is not None:
-            self._scheduler.submit(item)
+        while True:  # every request in the inbox joins now; wake-ups (None) only woke us
+            if item is not None:
+                with self._lock:
+                    self._in_inbox -= 1
+                self._scheduler.submit(item)
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
