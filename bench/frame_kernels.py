@@ -1,0 +1,460 @@
+"""How many primitives and (estimated) Metal kernels one frame step dispatches, per stage.
+
+    python bench/frame_kernels.py [--shapes tiny,0.6b,1.7b] [--batch 1,8] [--modes sampled,greedy]
+                                  [--stage-layers 2] [--out FILE.json]
+
+It traces the engine's own frame step (`model.frame_step._step`, the function `FrameStep` compiles)
+inside a fresh `mx.compile`, for a batch of B rows right after a 1-position prefill (KV capacity
+256), and counts the graph twice:
+
+- **CPU trace**: the graph as MLX's CPU backend runs it (its `mx.fast` ops expand into their
+  fallbacks), before `mx.compile` (the tracer's outputs) and after (the compiled call's lazy
+  outputs: elementwise chains fused into `Compiled` nodes);
+- **Metal estimate**: the same trace with `mx.fast.rms_norm`, `mx.fast.rope` and, where Metal has
+  a fused kernel for the shape, `mx.fast.scaled_dot_product_attention` each replaced by one
+  non-fusible stand-in primitive (cummax / cumprod / cummin: shape-preserving, never fused), their
+  other inputs kept alive as extra outputs so the upstream graph is unchanged. After compilation,
+  every non-view primitive is counted as the Metal kernels it dispatches (KERNELS below, from
+  MLX 0.32's Metal backend).
+
+Stages: wrappers on the step's callees (decoder layers, KV writes, heads, embeddings, final norms,
+the predictor's draws, code 0's pick) claim the not-yet-claimed primitives of their outputs'
+graph on exit; arguments built by the caller are claimed for the caller on entry; what remains is
+glue. After compilation a `Compiled` node takes the majority stage of its neighbours. Claiming
+exports the graph at every wrapper (quadratic), so stages come from a model of `--stage-layers`
+talker and predictor layers, reported per layer and scaled to full depth; totals are the full
+model's. Weights are zeros in the real layout (8-bit, group 64, bfloat16 scales and activations:
+what a converted model runs on a Mac); nothing is evaluated beyond the starting state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import sys
+from collections import Counter, defaultdict
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map
+from mlx_lm.models import qwen3
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from common import LANGUAGE, VOICE  # noqa: E402
+from shapes import FIXTURE, config_dicts  # noqa: E402
+from mlx_qwen_tts import quantize  # noqa: E402
+from mlx_qwen_tts.config import parse_model_config  # noqa: E402
+from mlx_qwen_tts.engine import step as step_module  # noqa: E402
+from mlx_qwen_tts.engine.generate import Batch, GenerationSettings, Row, _take  # noqa: E402
+from mlx_qwen_tts.engine.prompt import build_prompt  # noqa: E402
+from mlx_qwen_tts.engine.sampling import sampling_plan  # noqa: E402
+from mlx_qwen_tts.engine.step import BatchState  # noqa: E402
+from mlx_qwen_tts.loading import Model, load_model  # noqa: E402
+from mlx_qwen_tts.models.code_predictor import CodePredictor  # noqa: E402
+from mlx_qwen_tts.models.talker import Talker  # noqa: E402
+from mlx_qwen_tts.tokenizer import TextTokenizer  # noqa: E402
+
+# Metal: primitives that only share or re-describe a buffer (no dispatch; Reshape assumed contiguous).
+VIEWS = {"Reshape", "Slice", "Transpose", "Broadcast", "ExpandDims", "Squeeze", "Flatten", "Unflatten", "Split",
+         "Copy", "StopGradient", "AsStrided", "Depends", "BroadcastAxes", "NumberOfElements"}
+# Metal dispatches per primitive when not 1 (mlx/backend/metal, MLX 0.32): DynamicSliceUpdate computes its
+# offset in a kernel, then copies; Concatenate copies each input; sorts over > 2,048 ids are a multi-block
+# merge sort (block sort, partition, merge, copy back).
+STAND_INS = {"CumMax": "RMSNorm", "CumProd": "RoPE", "CumMin": "ScaledDotProductAttention"}
+SORTS = {"Sort", "ArgSort", "ArgPartition", "Partition"}
+SORT_BLOCK = 2048
+STAGES = ("talker layers", "talker KV writes", "predictor layers", "predictor KV writes", "final norms", "heads",
+          "embeddings", "predictor sampling", "code 0 sampling", "glue")
+
+
+# ---- graphs -------------------------------------------------------------------------------------------------
+
+class Graph:
+    """Primitive nodes of `mx.export_to_dot` (keyed by primitive address: unique within one trace)."""
+
+    def __init__(self, arrays):
+        dot = io.StringIO()
+        mx.export_to_dot(dot, [a for a in arrays if isinstance(a, mx.array)])
+        text = dot.getvalue()
+        self.label = dict(re.findall(r'\{ (\d+) \[label ="?([^",\]]+)', text))
+        self.sinks = re.findall(r'rank=sink; "(\w+)"', text)
+        self.inputs, self.producer = defaultdict(list), {}
+        for src, dst in re.findall(r'^"?(\w+)"? -> "?(\w+)"?$', text, re.M):
+            if src in self.label:
+                self.producer[dst] = src
+            else:
+                self.inputs[dst].append(src)
+
+    def sink_producer(self) -> str:
+        return self.producer[self.sinks[0]]
+
+    def neighbours(self, node):
+        consumers = defaultdict(set)
+        for n, ins in self.inputs.items():
+            for a in ins:
+                consumers[a].add(n)
+        self._consumers = consumers
+        return self._neighbours(node)
+
+    def _neighbours(self, node):
+        outs = [a for a, p in self.producer.items() if p == node]
+        ups = [self.producer[a] for a in self.inputs[node] if a in self.producer]
+        return ups + [c for a in outs for c in self._consumers.get(a, ())]
+
+
+def kind(label: str) -> str:
+    return "Compiled" if label.startswith("Compiled") else STAND_INS.get(label, label)
+
+
+def kernels(graph: Graph, node: str, big_sorts: set) -> int:
+    k = kind(graph.label[node])
+    if k in VIEWS:
+        return 0
+    if k == "Concatenate":
+        return len(graph.inputs[node])
+    if k == "DynamicSliceUpdate":
+        return 2
+    if k in SORTS and node in big_sorts:
+        return 4
+    return 1
+
+
+def summary(graph: Graph, big_sorts=frozenset(), stage_of=None) -> dict:
+    nodes = list(graph.label)
+    out = dict(primitives=len(nodes), views=sum(kind(graph.label[n]) in VIEWS for n in nodes),
+               kernels=sum(kernels(graph, n, big_sorts) for n in nodes),
+               by_kind=dict(Counter(kind(graph.label[n]) for n in nodes).most_common()))
+    if stage_of is not None:
+        per = defaultdict(lambda: Counter())
+        for n in nodes:
+            s = per[stage_of.get(n, "glue")]
+            s["primitives"] += 1
+            s["views"] += kind(graph.label[n]) in VIEWS
+            s["kernels"] += kernels(graph, n, big_sorts)
+        out["stages"] = {s: dict(per[s]) for s in STAGES if s in per}
+    return out
+
+
+# ---- stand-ins for the fast ops (the Metal estimate) -------------------------------------------------------
+
+def fused_sdpa(q, k) -> bool:
+    """MLX 0.32 Metal's fused attention (sdpa_vector): short queries, these head dims, L x GQA <= 32."""
+    length, dim = q.shape[2], q.shape[-1]
+    return length <= 8 and dim in (64, 96, 128, 192, 256) and length * (q.shape[1] // k.shape[1]) <= 32
+
+
+@contextmanager
+def metal_stand_ins(kept: list):
+    fast = mx.fast
+    originals = fast.rms_norm, fast.rope, fast.scaled_dot_product_attention
+
+    def rms_norm(x, weight, eps):
+        kept.append(weight)
+        return mx.cummax(x, axis=-1)
+
+    def rope(x, dims, *, offset, **kw):
+        kept.append(offset)
+        return mx.cumprod(x, axis=-1)
+
+    def sdpa(q, k, v, *, mask=None, **kw):
+        if not fused_sdpa(q, k):
+            return originals[2](q, k, v, mask=mask, **kw)
+        kept.extend([k, v, mask])
+        return mx.cummin(q, axis=-1)
+
+    fast.rms_norm, fast.rope, fast.scaled_dot_product_attention = rms_norm, rope, sdpa
+    try:
+        yield
+    finally:
+        fast.rms_norm, fast.rope, fast.scaled_dot_product_attention = originals
+
+
+# ---- stage claims --------------------------------------------------------------------------------------------
+
+class Claims:
+    """node -> stage, claimed by wrappers while the step is traced."""
+
+    def __init__(self):
+        self.stage_of, self.stack = {}, ["glue"]
+
+    def claim(self, arrays, stage):
+        arrays = [a for _, a in tree_flatten(arrays) if isinstance(a, mx.array)]
+        if arrays:
+            for node in Graph(arrays).label:
+                self.stage_of.setdefault(node, stage)
+
+    def wrap(self, fn, stage_for):
+        claims = self
+
+        def wrapped(*args, **kwargs):
+            stage = stage_for(*args)
+            if stage is None:
+                return fn(*args, **kwargs)
+            claims.claim([a for a in args if not hasattr(a, "update_and_fetch")], claims.stack[-1])
+            claims.stack.append(stage)
+            try:
+                out = fn(*args, **kwargs)
+            finally:
+                claims.stack.pop()
+            claims.claim(out, stage)
+            return out
+        return wrapped
+
+
+class _StagedCache:
+    """A cache proxy whose KV write is claimed as a stage."""
+
+    def __init__(self, cache, claims, stage):
+        self._cache, self._claims, self._stage = cache, claims, stage
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+    def update_and_fetch(self, keys, values):
+        self._claims.claim([keys, values], self._claims.stack[-1])
+        out = self._cache.update_and_fetch(keys, values)
+        self._claims.claim(out, self._stage)
+        return out
+
+
+@contextmanager
+def stage_wrappers(model, claims: Claims):
+    talker_layers = {id(x) for x in model.talker.layers}
+    heads = {id(model.talker.codec_head), *map(id, model.code_predictor.lm_head)}
+    embeddings = {id(model.talker.codec_embedding), *map(id, model.code_predictor.codec_embedding)}
+    norms = {id(model.talker.norm), id(model.code_predictor.norm)}
+
+    def by_instance(ids, stage):
+        return lambda self, *a: stage if id(self) in ids else None
+
+    def layer_stage(self, *a):
+        return "talker layers" if id(self) in talker_layers else "predictor layers"
+
+    block_call = qwen3.TransformerBlock.__call__
+
+    def block(self, x, mask=None, cache=None):
+        stage = "talker KV writes" if id(self) in talker_layers else "predictor KV writes"
+        return block_call(self, x, mask, _StagedCache(cache, claims, stage))
+
+    patches = [(qwen3.TransformerBlock, "__call__", claims.wrap(block, layer_stage))]
+    for cls in (nn.Linear, nn.QuantizedLinear):
+        patches.append((cls, "__call__", claims.wrap(cls.__call__, by_instance(heads, "heads"))))
+    for cls in (nn.Embedding, nn.QuantizedEmbedding):
+        patches.append((cls, "__call__", claims.wrap(cls.__call__, by_instance(embeddings, "embeddings"))))
+    patches.append((nn.RMSNorm, "__call__", claims.wrap(nn.RMSNorm.__call__, by_instance(norms, "final norms"))))
+    patches.append((step_module, "sample", claims.wrap(step_module.sample, lambda *a: (
+        "code 0 sampling" if claims.stack[-1] == "code 0 sampling" else "predictor sampling"))))
+    patches.append((step_module, "pick_code0", claims.wrap(step_module.pick_code0, lambda *a: "code 0 sampling")))
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, new in patches:
+        setattr(owner, name, new)
+    try:
+        yield
+    finally:
+        for owner, name, old in saved:
+            setattr(owner, name, old)
+
+
+def compiled_stages(graph: Graph, traced_stage: dict) -> dict:
+    """Stages of the compiled graph: kept primitives by address, fused nodes by their neighbours' majority."""
+    stage_of = {n: traced_stage[n] for n in graph.label if n in traced_stage}
+    pending = [n for n in graph.label if n not in stage_of]
+    if pending:
+        graph.neighbours(pending[0])  # builds the consumer index
+    for _ in range(8):
+        left = []
+        for n in pending:
+            votes = Counter(stage_of[m] for m in graph._neighbours(n) if m in stage_of)
+            if votes:
+                stage_of[n] = votes.most_common(1)[0][0]
+            else:
+                left.append(n)
+        if not left or len(left) == len(pending):
+            break
+        pending = left
+    return stage_of
+
+
+# ---- the count -------------------------------------------------------------------------------------------------
+
+def count_frame(model, state: BatchState, consts, plans, *, metal: bool, stages: bool) -> dict:
+    """Counts of one frame step: {"before": ..., "after": ...} (primitives, views, kernels, by kind, stages)."""
+    mx.eval(state, consts)
+    kept, big_sorts, traced = [], set(), {}
+    claims = Claims() if stages else None
+    sort_fns = {name: getattr(mx, name) for name in ("sort", "argsort", "argpartition")}
+
+    def counted(consts, state):
+        frames, new_state = model.frame_step._step(consts, state, plans)
+        flat = [a for _, a in tree_flatten([frames, list(new_state)]) if isinstance(a, mx.array)]
+        flat += [a for a in kept if isinstance(a, mx.array)]
+        traced["graph"] = Graph(flat)
+        if claims is not None:
+            claims.claim(flat, "glue")
+        return flat
+
+    def sized(name):
+        def fn(a, *args, axis=-1, **kw):
+            out = sort_fns[name](a, *args, axis=axis, **kw)
+            if a.shape[axis] > SORT_BLOCK:
+                big_sorts.add(Graph([out]).sink_producer())
+            return out
+        return fn
+
+    compiled = mx.compile(counted, inputs=[model.talker.state, model.code_predictor.state])
+    with ExitStack() as stack:
+        if metal:
+            stack.enter_context(metal_stand_ins(kept))
+        if claims is not None:
+            stack.enter_context(stage_wrappers(model, claims))
+        stack.callback(lambda: [setattr(mx, name, fn) for name, fn in sort_fns.items()])
+        for name in sort_fns:
+            setattr(mx, name, sized(name))
+        outputs = compiled(consts, state)
+    before, after = traced["graph"], Graph(outputs)
+    traced_stage = claims.stage_of if claims else None
+    return dict(before=summary(before, big_sorts, traced_stage),
+                after=summary(after, big_sorts, compiled_stages(after, traced_stage) if claims else None))
+
+
+# ---- models and states ---------------------------------------------------------------------------------------
+
+GROUP_SIZE, BITS = 64, 8
+
+
+def build(shape: str, layers: int | None = None) -> Model:
+    """tiny: the fixture in float32 (as the tests run it); 0.6b / 1.7b: zero weights in the converted 8-bit
+    layout with bfloat16 scales and activations, `layers` talker and predictor layers if given."""
+    if shape == "tiny":
+        return load_model(FIXTURE, dtype=mx.float32, codec=False)
+    cfg, st_cfg, gen = config_dicts(shape)
+    if layers:
+        cfg["talker_config"]["num_hidden_layers"] = layers
+        cfg["talker_config"]["code_predictor_config"]["num_hidden_layers"] = layers
+        cfg["talker_config"]["code_predictor_config"]["layer_types"] = ["full_attention"] * layers
+    config = parse_model_config(cfg, st_cfg, gen)
+    talker, predictor = Talker(config), CodePredictor(config)
+    for prefix, module in (("talker.", talker), ("code_predictor.", predictor)):
+        nn.quantize(module, group_size=GROUP_SIZE, bits=BITS, class_predicate=lambda path, m: isinstance(
+            m, (nn.Linear, nn.Embedding)) and quantize.should_quantize(f"{prefix}{path}.weight", m.weight.shape,
+                                                                      GROUP_SIZE))
+        module.update(tree_map(lambda a: mx.zeros(a.shape, mx.bfloat16 if mx.issubdtype(a.dtype, mx.floating)
+                                                  else a.dtype), module.parameters()))
+        mx.eval(module.parameters())
+    return Model(config=config, talker=talker, code_predictor=predictor, tokenizer=TextTokenizer(FIXTURE))
+
+
+def frame_state(model, batch_size: int, greedy: bool):
+    """(constants, state, plans) of `batch_size` identical rows right after a 1-position prefill."""
+    settings = GenerationSettings.from_config(model.config.generation, greedy=greedy, ignore_eos=True, seed=0)
+    batch = Batch(model)
+    batch.add(Row(_one_position_prompt(model), settings))
+    state = _take(batch.state, mx.array([0] * batch_size))
+    rows = [settings] * batch_size
+    return batch.consts, state, (sampling_plan([s.talker for s in rows]), sampling_plan([s.predictor for s in rows]))
+
+
+def _one_position_prompt(model):
+    prompt = build_prompt(model, "Hello.", voice=VOICE, language=LANGUAGE)
+    prompt.embeds = prompt.embeds[:, :1]
+    return prompt
+
+
+def count(model, batch_size: int, greedy: bool, stages: bool) -> dict:
+    consts, state, plans = frame_state(model, batch_size, greedy)
+    return dict(cpu=count_frame(model, state, consts, plans, metal=False, stages=stages),
+                metal=count_frame(model, state, consts, plans, metal=True, stages=stages))
+
+
+def graph_sizes(model, text, seed) -> dict:
+    """The frame step's primitives for bench/ours.py's profile (one row, its default sampling)."""
+    del text, seed  # the count depends on shapes only
+    consts, state, plans = frame_state(model, 1, greedy=False)
+    out = {}
+    for backend, metal in (("CPU", False), ("Metal estimate", True)):
+        c = count_frame(model, state, consts, plans, metal=metal, stages=False)["after"]
+        top = dict(list(c["by_kind"].items())[:8])
+        out[f"frame step ({backend}, compiled)"] = dict(primitives=c["primitives"], kernels=c["kernels"], top=top)
+    return out
+
+
+# ---- the run --------------------------------------------------------------------------------------------------
+
+def scaled_stages(stages: dict, config, layers: int) -> dict:
+    """Per-stage counts of a `layers`-deep model scaled to the full depth (layer stages only)."""
+    factor = {"talker layers": config.talker.num_hidden_layers / layers,
+              "talker KV writes": config.talker.num_hidden_layers / layers,
+              "predictor layers": config.code_predictor.num_hidden_layers / layers,
+              "predictor KV writes": config.code_predictor.num_hidden_layers / layers}
+    return {s: {k: round(v * factor.get(s, 1)) for k, v in c.items()} for s, c in stages.items()}
+
+
+def run(shapes, batches, modes, stage_layers) -> list[dict]:
+    records = []
+    for shape in shapes:
+        full = build(shape)
+        small = full if shape == "tiny" else build(shape, stage_layers)
+        for b in batches:
+            for mode in modes:
+                greedy = mode == "greedy"
+                rec = dict(shape=shape, precision="float32" if shape == "tiny" else "8-bit, bf16 activations",
+                           batch=b, sampling=mode, **count(full, b, greedy, stages=False))
+                split = count(small, b, greedy, stages=True)
+                depth = None if small is full else stage_layers
+                for backend in ("cpu", "metal"):
+                    for when in ("before", "after"):
+                        stages = split[backend][when]["stages"]
+                        rec[backend][when]["stages"] = scaled_stages(stages, full.config, depth) if depth else stages
+                rec["stage_model_layers"] = depth or full.config.talker.num_hidden_layers
+                records.append(rec)
+                print(table_row(rec), flush=True)
+        del full, small
+        mx.clear_cache()
+    return records
+
+
+HEADER = ("| model | B | sampling | CPU: primitives before compile | after | Metal est.: primitives before | after | "
+          "views | **kernels** |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def table_row(r) -> str:
+    c, m = r["cpu"], r["metal"]
+    return (f"| {r['shape']} {r['precision']} | {r['batch']} | {r['sampling']} | {c['before']['primitives']} | "
+            f"{c['after']['primitives']} | {m['before']['primitives']} | {m['after']['primitives']} | "
+            f"{m['after']['views']} | **{m['after']['kernels']}** |")
+
+
+def stage_table(r) -> str:
+    m = r["metal"]["after"]["stages"]
+    lines = [f"Metal kernels by stage, {r['shape']} B={r['batch']} {r['sampling']} "
+             f"(split from a {r['stage_model_layers']}-layer model, layer stages scaled):",
+             "| stage | kernels | primitives | views |", "|---|---|---|---|"]
+    lines += [f"| {s} | {v.get('kernels', 0)} | {v.get('primitives', 0)} | {v.get('views', 0)} |" for s, v in m.items()]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", default="tiny,0.6b,1.7b")
+    ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--modes", default="sampled,greedy")
+    ap.add_argument("--stage-layers", type=int, default=2, help="depth of the model the stages are split on")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file for the records")
+    args = ap.parse_args()
+    print(HEADER, flush=True)
+    records = run(args.shapes.split(","), [int(b) for b in args.batch.split(",")], args.modes.split(","),
+                  args.stage_layers)
+    for r in records:
+        print("\n" + stage_table(r))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(dict(mlx=mx.__version__, records=records), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
