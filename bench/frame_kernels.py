@@ -52,10 +52,11 @@ from mlx_qwen_tts.config import parse_model_config  # noqa: E402
 from mlx_qwen_tts.engine import step as step_module  # noqa: E402
 from mlx_qwen_tts.engine.generate import Batch, GenerationSettings, Row, _take  # noqa: E402
 from mlx_qwen_tts.engine.prompt import build_prompt  # noqa: E402
-from mlx_qwen_tts.engine.sampling import sampling_plan  # noqa: E402
+from mlx_qwen_tts.engine.sampling import draw_plan  # noqa: E402
 from mlx_qwen_tts.engine.step import BatchState  # noqa: E402
 from mlx_qwen_tts.loading import Model, load_model  # noqa: E402
 from mlx_qwen_tts.models.code_predictor import CodePredictor  # noqa: E402
+from mlx_qwen_tts.models.fused import FusedAttention  # noqa: E402
 from mlx_qwen_tts.models.talker import Talker  # noqa: E402
 from mlx_qwen_tts.tokenizer import TextTokenizer  # noqa: E402
 
@@ -124,10 +125,11 @@ def kernels(graph: Graph, node: str, big_sorts: set) -> int:
     return 1
 
 
-def summary(graph: Graph, big_sorts=frozenset(), stage_of=None) -> dict:
+def summary(graph: Graph, big_sorts=frozenset(), stage_of=None, copies=()) -> dict:
+    """Counts of a graph; `copies`: the stages of modelled input copies (kernels without a primitive)."""
     nodes = list(graph.label)
     out = dict(primitives=len(nodes), views=sum(kind(graph.label[n]) in VIEWS for n in nodes),
-               kernels=sum(kernels(graph, n, big_sorts) for n in nodes),
+               kernels=sum(kernels(graph, n, big_sorts) for n in nodes) + len(copies), copies=len(copies),
                by_kind=dict(Counter(kind(graph.label[n]) for n in nodes).most_common()))
     if stage_of is not None:
         per = defaultdict(lambda: Counter())
@@ -136,6 +138,8 @@ def summary(graph: Graph, big_sorts=frozenset(), stage_of=None) -> dict:
             s["primitives"] += 1
             s["views"] += kind(graph.label[n]) in VIEWS
             s["kernels"] += kernels(graph, n, big_sorts)
+        for stage in copies:
+            per[stage]["kernels"] += 1
         out["stages"] = {s: dict(per[s]) for s in STAGES if s in per}
     return out
 
@@ -149,12 +153,16 @@ def fused_sdpa(q, k) -> bool:
 
 
 @contextmanager
-def metal_stand_ins(kept: list):
+def metal_stand_ins(kept: list, copies: list, claims, split_heads: bool):
+    """`copies`: the stage of each strided input Metal's RMSNorm would copy first (modelled): with
+    `split_heads` (fused q/k/v, models/fused.py), the q/k heads sliced from more than one row."""
     fast = mx.fast
     originals = fast.rms_norm, fast.rope, fast.scaled_dot_product_attention
 
     def rms_norm(x, weight, eps):
         kept.append(weight)
+        if split_heads and x.ndim == 4 and x.shape[0] * x.shape[1] > 1:  # [B, L, heads, head dim]
+            copies.append(claims.stack[-1] if claims else "glue")
         return mx.cummax(x, axis=-1)
 
     def rope(x, dims, *, offset, **kw):
@@ -285,7 +293,7 @@ def compiled_stages(graph: Graph, traced_stage: dict) -> dict:
 def count_frame(model, state: BatchState, consts, plans, *, metal: bool, stages: bool) -> dict:
     """Counts of one frame step: {"before": ..., "after": ...} (primitives, views, kernels, by kind, stages)."""
     mx.eval(state, consts)
-    kept, big_sorts, traced = [], set(), {}
+    kept, copies, big_sorts, traced = [], [], set(), {}
     claims = Claims() if stages else None
     sort_fns = {name: getattr(mx, name) for name in ("sort", "argsort", "argpartition")}
 
@@ -309,7 +317,9 @@ def count_frame(model, state: BatchState, consts, plans, *, metal: bool, stages:
     compiled = mx.compile(counted, inputs=[model.talker.state, model.code_predictor.state])
     with ExitStack() as stack:
         if metal:
-            stack.enter_context(metal_stand_ins(kept))
+            layers = [*model.talker.layers, *model.code_predictor.layers]
+            split_heads = any(isinstance(x.self_attn, FusedAttention) for x in layers)
+            stack.enter_context(metal_stand_ins(kept, copies, claims, split_heads))
         if claims is not None:
             stack.enter_context(stage_wrappers(model, claims))
         stack.callback(lambda: [setattr(mx, name, fn) for name, fn in sort_fns.items()])
@@ -318,8 +328,8 @@ def count_frame(model, state: BatchState, consts, plans, *, metal: bool, stages:
         outputs = compiled(consts, state)
     before, after = traced["graph"], Graph(outputs)
     traced_stage = claims.stage_of if claims else None
-    return dict(before=summary(before, big_sorts, traced_stage),
-                after=summary(after, big_sorts, compiled_stages(after, traced_stage) if claims else None))
+    return dict(before=summary(before, big_sorts, traced_stage, copies),
+                after=summary(after, big_sorts, compiled_stages(after, traced_stage) if claims else None, copies))
 
 
 # ---- models and states ---------------------------------------------------------------------------------------
@@ -356,7 +366,7 @@ def frame_state(model, batch_size: int, greedy: bool):
     batch.add(Row(_one_position_prompt(model), settings))
     state = _take(batch.state, mx.array([0] * batch_size))
     rows = [settings] * batch_size
-    return batch.consts, state, (sampling_plan([s.talker for s in rows]), sampling_plan([s.predictor for s in rows]))
+    return batch.consts, state, (draw_plan([s.talker for s in rows]), draw_plan([s.predictor for s in rows]))
 
 
 def _one_position_prompt(model):

@@ -20,7 +20,7 @@ import numpy as np
 from common import LANGUAGE, VOICE
 from mlx_qwen_tts.engine.generate import Batch, GenerationSettings, Row
 from mlx_qwen_tts.engine.prompt import build_prompt
-from mlx_qwen_tts.engine.sampling import sampling_plan
+from mlx_qwen_tts.engine.sampling import draw_plan
 
 PHASES = ("frame step call (compiled replay)", "async_eval (dispatch)", "read frames (wait for the device)")
 
@@ -38,8 +38,8 @@ def one_row_batch(model, text, seed, prefill_positions=None) -> Batch:
 
 
 def plans(batch: Batch) -> tuple[int, int]:
-    return (sampling_plan([r.settings.talker for r in batch.rows]),
-            sampling_plan([r.settings.predictor for r in batch.rows]))
+    return (draw_plan([r.settings.talker for r in batch.rows]),
+            draw_plan([r.settings.predictor for r in batch.rows]))
 
 
 def host_split(model, text, frames, seed) -> dict:
