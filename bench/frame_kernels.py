@@ -45,14 +45,12 @@ from mlx_lm.models import qwen3
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from common import LANGUAGE, VOICE  # noqa: E402
+from profile_frame import one_row_batch, plans  # noqa: E402
 from shapes import FIXTURE, config_dicts  # noqa: E402
 from mlx_qwen_tts import quantize  # noqa: E402
 from mlx_qwen_tts.config import parse_model_config  # noqa: E402
 from mlx_qwen_tts.engine import step as step_module  # noqa: E402
-from mlx_qwen_tts.engine.generate import Batch, GenerationSettings, Row, _take  # noqa: E402
-from mlx_qwen_tts.engine.prompt import build_prompt  # noqa: E402
-from mlx_qwen_tts.engine.sampling import draw_plan  # noqa: E402
+from mlx_qwen_tts.engine.generate import _take  # noqa: E402
 from mlx_qwen_tts.engine.step import BatchState  # noqa: E402
 from mlx_qwen_tts.loading import Model, load_model  # noqa: E402
 from mlx_qwen_tts.models.code_predictor import CodePredictor  # noqa: E402
@@ -361,18 +359,8 @@ def build(shape: str, layers: int | None = None) -> Model:
 
 def frame_state(model, batch_size: int, greedy: bool):
     """(constants, state, plans) of `batch_size` identical rows right after a 1-position prefill."""
-    settings = GenerationSettings.from_config(model.config.generation, greedy=greedy, ignore_eos=True, seed=0)
-    batch = Batch(model)
-    batch.add(Row(_one_position_prompt(model), settings))
-    state = _take(batch.state, mx.array([0] * batch_size))
-    rows = [settings] * batch_size
-    return batch.consts, state, (draw_plan([s.talker for s in rows]), draw_plan([s.predictor for s in rows]))
-
-
-def _one_position_prompt(model):
-    prompt = build_prompt(model, "Hello.", voice=VOICE, language=LANGUAGE)
-    prompt.embeds = prompt.embeds[:, :1]
-    return prompt
+    batch = one_row_batch(model, "Hello.", 0, prefill_positions=1, greedy=greedy)
+    return batch.consts, _take(batch.state, mx.array([0] * batch_size)), plans(batch)
 
 
 def count(model, batch_size: int, greedy: bool, stages: bool) -> dict:

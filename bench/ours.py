@@ -4,7 +4,7 @@
 
 Measures the loop's per-frame time, host syncs and Python (host) time per frame, prefill, the
 synced step time, memory and the weight bytes read per frame; the time to
-first audio of `stream()`; a profile of one frame (bench/profile_frame.py); and the memory
+first audio of `stream()`; a profile of one frame (bench/profile_frame.py, bench/frame_kernels.py); and the memory
 bandwidth (bench/roofline.py).
 """
 
@@ -19,7 +19,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from common import LANGUAGE, TEXTS, VOICE, host_info, peak_rss_gb, per_frame, serve
-from profile_frame import graph_sizes, host_split, one_row_batch, plans
+from frame_kernels import graph_sizes
+from profile_frame import host_split, one_row_batch, plans
 from roofline import measure_bandwidth
 from shapes import FIXTURE, config_dicts
 from mlx_qwen_tts.api import SynthesisStats, stream, synthesize
