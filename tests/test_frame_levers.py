@@ -15,7 +15,7 @@ from mlx_lm.models.cache import KVCache
 
 from mlx_qwen_tts.engine.sampling import (SamplerArrays, SamplerSettings, draw_plan, gumbel, noise_table, sample,
                                           uniform_noise)
-from mlx_qwen_tts.models.fused import FusedAttention, FusedMLP, fuse_projections
+from mlx_qwen_tts.models.fused import FusedAttention, FusedMLP, fuse_projections, fused_shapes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -63,12 +63,23 @@ def test_fused_projections_equal_separate_ones(kind, batch):
 
 
 def test_projections_quantized_differently_stay_apart():
-    block = _block(0)
+    block, whole = _block(0), _block(0)
     nn.quantize(block, group_size=32, bits=8, class_predicate=lambda p, m: isinstance(m, nn.Linear)
                 and not p.endswith("k_proj") and not p.endswith("up_proj"))
     nn.quantize(block, group_size=32, bits=4)
-    fuse_projections([block])
+    nn.quantize(whole, group_size=32, bits=4)
+    fuse_projections([block, whole])
     assert isinstance(block.self_attn, qwen3.Attention) and isinstance(block.mlp, qwen3.MLP)
+    assert isinstance(whole.self_attn, FusedAttention) and isinstance(whole.mlp, FusedMLP)
+
+
+def test_fingerprint_shapes_are_the_fused_layout_either_way():
+    separate = {"layers.0.self_attn.q_proj.weight": (64, 32), "layers.0.self_attn.k_proj.weight": (32, 32),
+                "layers.0.self_attn.v_proj.weight": (32, 32), "layers.0.self_attn.o_proj.weight": (32, 64),
+                "layers.0.mlp.gate_proj.weight": (96, 32), "layers.0.mlp.up_proj.weight": (96, 32)}
+    fused = {"layers.0.self_attn.qkv_proj.weight": (128, 32), "layers.0.self_attn.o_proj.weight": (32, 64),
+             "layers.0.mlp.gate_up_proj.weight": (192, 32)}
+    assert fused_shapes(separate) == fused_shapes(fused) == fused
 
 
 def test_noise_table_equals_the_noise_of_each_draw():

@@ -94,3 +94,21 @@ def fuse_projections(layers) -> None:
             if gate_up is not None:
                 layer.mlp = FusedMLP(mlp, gate_up)
     mx.eval([layer.parameters() for layer in layers])
+
+
+_FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj",
+          "up_proj": "gate_up_proj"}
+
+
+def fused_shapes(shapes: dict) -> dict:
+    """Parameter name -> shape in the fused layout (separate q/k/v or gate/up weights merged by rows), so that
+    a model whose layers could not all be fused compares equal to its fully fused float source."""
+    out = {}
+    for name, shape in shapes.items():
+        owner, _, leaf = name.rpartition(".")
+        parent, _, proj = owner.rpartition(".")
+        if proj in _FUSED:
+            name = f"{parent}.{_FUSED[proj]}.{leaf}"
+            shape = (out.get(name, (0,))[0] + shape[0], *shape[1:])
+        out[name] = tuple(shape)
+    return out
