@@ -221,7 +221,8 @@ class Session:
         return {t: [time_prefill(self.model, TEXTS[t]) for _ in range(reps)] for t in texts}
 
     def profile(self, frames, seed):
-        """Host time per phase of the loop body and primitives per stage (bench/profile_frame.py)."""
+        """Host time per phase of the loop body (bench/profile_frame.py) and the frame step's primitives and
+        Metal-kernel estimate (bench/frame_kernels.py)."""
         return dict(host=host_split(self.model, self.text, frames, seed),
                     graphs=graph_sizes(self.model, self.text, seed))
 
