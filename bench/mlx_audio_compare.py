@@ -35,11 +35,19 @@ def main():
     ap.add_argument("--batch-frames", type=int, default=40)
     ap.add_argument("--batch-reps", type=int, default=2)
     ap.add_argument("--ours-root", type=Path, default=ROOT, help="checkout whose .venv runs ours")
+    ap.add_argument("--baseline-root", type=Path, default=None,
+                    help="a second checkout of ours (e.g. main) alternating with the two sides at B = 1")
     ap.add_argument("--out", type=Path, default=None, help="JSON lines (default: stdout only)")
     ap.add_argument("--log", type=Path, default=Path("/tmp/mlx_audio_compare.log"), help="the workers' stderr")
     args = ap.parse_args()
 
-    ours_python = args.ours_root / ".venv" / "bin" / "python"
+
+    def ours_worker(name, root):
+        python = root / ".venv" / "bin" / "python"
+        env = {**relaunch_env(args.threads), "PYTHONPATH": str(root)}  # that checkout's package, not this one's
+        return WorkerProcess(name, [python if python.exists() else sys.executable, root / "bench" / "ours.py"], env,
+                             log, BENCH)
+
     records = []
     out = open(args.out, "w") if args.out else None
 
@@ -54,9 +62,10 @@ def main():
     with open(args.log, "w") as log:
         theirs = WorkerProcess("mlx-audio", [ensure_venv(), BENCH / "mlx_audio_side.py"], relaunch_env(args.threads),
                                log, BENCH)
-        ours = WorkerProcess("ours", [ours_python if ours_python.exists() else sys.executable,
-                                      args.ours_root / "bench" / "ours.py"], relaunch_env(args.threads), log, BENCH)
+        ours = ours_worker("ours", args.ours_root)
         workers = dict(ours=ours, mlx_audio=theirs)
+        if args.baseline_root:
+            workers["ours_baseline"] = ours_worker("ours_baseline", args.baseline_root)
         for w in workers.values():
             w.call("build", shape="tiny", precision="float32", threads=args.threads, text="short", seed=0)
             w.call("rep", frames=args.frames, seed=0)  # untimed: every shape of the full run seen once
@@ -67,6 +76,10 @@ def main():
         for name, ms in reps.items():
             emit(dict(kind="generate", side=name, frames=args.frames, threads=args.threads, ms_per_frame=spread(ms),
                       ms_per_frame_reps=ms))
+        for name in reps:
+            if name != "ours":  # per alternating pair: the other side's time over ours
+                emit(dict(kind="pair_ratio", side=name, over="ours", ratio=spread(
+                    [t / o for t, o in zip(reps[name], reps["ours"])])))
         for b in [int(x) for x in args.batch.split(",") if x]:
             ours.call("batch", batch_size=b, frames=2, seed=0)  # traces the step for this batch size
             mine, runs = [], []
@@ -84,12 +97,17 @@ def main():
         ours.close()
         envs["mlx_audio"] = theirs.call("finish")["env"]
         theirs.close()
+        if args.baseline_root:
+            workers["ours_baseline"].close()
     emit(dict(kind="env", **envs))
     for r in records:
         if r["kind"] == "generate":
             m = r["ms_per_frame"]
             print(f"# {r['side']:>9} B=1: {m['median']:6.1f} ms/frame [{m['min']:.1f}-{m['max']:.1f}] "
                   f"({r['frames']} frames, {m['n']} reps, {r['threads']} thread(s))")
+        elif r["kind"] == "pair_ratio":
+            m = r["ratio"]
+            print(f"# {r['side']} / ours per pair: {m['median']:.2f}x [{m['min']:.2f}-{m['max']:.2f}]")
         elif r["kind"] == "batch":
             print(f"# {r['side']:>9} B={r['batch_size']:<2}: {r['steady_frames_per_s']['median']:6.1f} frames/s "
                   f"aggregate in steady state, {r['step_ms']['median']:.1f} ms/step")

@@ -51,10 +51,10 @@ VENV = ROOT / ".venv-mlxaudio"
 OPENBLAS = f"/usr/lib/{platform.machine()}-linux-gnu/openblas-pthread/libopenblas.so.0"
 
 
-def fixture_copy(dst: Path) -> Path:
-    """The fixture copied to `dst`, with the two official decoder-config keys it lacks."""
-    path = dst / FIXTURE.name
-    shutil.copytree(FIXTURE, path)
+def fixture_copy(dst: Path, src: Path = FIXTURE) -> Path:
+    """A model folder (the fixture) copied to `dst`, with the two official decoder-config keys it lacks."""
+    path = dst / src.name
+    shutil.copytree(src, path)
     config_path = path / "speech_tokenizer" / "config.json"
     config = json.loads(config_path.read_text())
     decoder = config["decoder_config"]
@@ -112,22 +112,33 @@ def stub_codec(model, stamps: Stamps) -> int:
 class Session:
     """Commands: build, then rep / batch (repeatedly), then finish."""
 
-    def build(self, threads, seed=0, text="short", shape="tiny", precision="float32", **_):
-        """Loads the fixture copy (float32), stubs the codec, makes EOS impossible, warms up."""
-        if shape != "tiny" or precision != "float32":
-            raise ValueError("the mlx-audio side runs the tiny fixture in float32 only")
+    def build(self, threads, seed=0, text="short", shape="tiny", precision="float32", path=None, **_):
+        """Loads the fixture copy (float32), or for a released shape the random bfloat16 folder at `path`
+        (bench/ours.py's checkpoint op) as float32, bfloat16 or 8-bit (its Linear layers quantized with
+        group size 64, as ours); stubs the codec, makes EOS impossible, warms up."""
+        if (shape == "tiny") != (path is None) or precision not in ("float32", "bfloat16", "8bit") or (
+                shape == "tiny" and precision != "float32"):
+            raise ValueError("the mlx-audio side runs the tiny fixture in float32, or a released shape's "
+                             "checkpoint (path) in float32, bfloat16 or 8bit")
         import mlx.core as mx
+        import mlx.nn as nn
         from mlx.utils import tree_flatten
         from mlx_audio.tts.utils import load_model
 
         self.threads, self.text = threads, TEXTS[text]
         self.tmp = tempfile.TemporaryDirectory(prefix="mlx_audio_fixture_")
         t0 = time.perf_counter()
-        model = load_model(fixture_copy(Path(self.tmp.name)))
+        model = load_model(fixture_copy(Path(self.tmp.name), Path(path) if path else FIXTURE))
+        if precision == "8bit":
+            nn.quantize(model.talker, group_size=64, bits=8,
+                        class_predicate=lambda _, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % 64 == 0)
+        elif shape != "tiny":
+            model.talker.set_dtype(getattr(mx, precision))
+        mx.eval(model.parameters())
         build_s = time.perf_counter() - t0
-        dtypes = {str(v.dtype) for _, v in tree_flatten(model.parameters())}
-        if dtypes != {"mlx.core.float32"}:
-            raise ValueError(f"expected float32 weights, got {dtypes}")
+        dtypes = {str(v.dtype) for _, v in tree_flatten(model.talker.parameters())}
+        if precision != "8bit" and dtypes != {f"mlx.core.{precision}"}:
+            raise ValueError(f"expected {precision} weights, got {dtypes}")
         talker_config = model.config.talker_config
         talker_config.codec_eos_token_id = talker_config.vocab_size  # never sampled: see the docstring
         self.model, self.stamps = model, Stamps(model)

@@ -4,29 +4,33 @@
 
 Measures the loop's per-frame time, host syncs and Python (host) time per frame, prefill, the
 synced step time, memory and the weight bytes read per frame; the time to
-first audio of `stream()`; a profile of one frame (bench/profile_frame.py); and the memory
+first audio of `stream()`; a profile of one frame (bench/profile_frame.py, bench/frame_kernels.py); and the memory
 bandwidth (bench/roofline.py).
 """
 
 import dataclasses
+import json
 import math
 import os
 import platform
+import shutil
 import time
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from common import LANGUAGE, TEXTS, VOICE, host_info, peak_rss_gb, per_frame, serve
-from profile_frame import graph_sizes, host_split, one_row_batch, plans
+from frame_kernels import graph_sizes
+from profile_frame import host_split, one_row_batch, plans
 from roofline import measure_bandwidth
 from shapes import FIXTURE, config_dicts
 from mlx_qwen_tts.api import SynthesisStats, stream, synthesize
 from mlx_qwen_tts.models.code_predictor import CodePredictor
 from mlx_qwen_tts.config import parse_model_config
 from mlx_qwen_tts.engine.generate import Batch, GenerationSettings, GenerationStats, Row, generate_frames
-from mlx_qwen_tts.loading import Model, default_dtype, load_model
+from mlx_qwen_tts.loading import HF_PREFIXES, Model, default_dtype, load_model
 from mlx_qwen_tts.engine.prompt import build_prompt
 from mlx_qwen_tts.quantize import should_quantize
 from mlx_qwen_tts.models.talker import Talker
@@ -217,7 +221,8 @@ class Session:
         return {t: [time_prefill(self.model, TEXTS[t]) for _ in range(reps)] for t in texts}
 
     def profile(self, frames, seed):
-        """Host time per phase of the loop body and primitives per stage (bench/profile_frame.py)."""
+        """Host time per phase of the loop body (bench/profile_frame.py) and the frame step's primitives and
+        Metal-kernel estimate (bench/frame_kernels.py)."""
         return dict(host=host_split(self.model, self.text, frames, seed),
                     graphs=graph_sizes(self.model, self.text, seed))
 
@@ -300,6 +305,29 @@ class Session:
 
     def bandwidth(self, threads):
         return dict(**measure_bandwidth(), env=env_info(threads))
+
+    def checkpoint(self, shape, out):
+        """A random-weight bfloat16 model folder of `shape` in the official layout, for the mlx-audio side."""
+        write_official_checkpoint(shape, Path(out))
+        return dict(path=out)
+
+
+def write_official_checkpoint(shape: str, out: Path):
+    """config.json and model.safetensors of `shape` (random bfloat16 weights under the official names); the
+    fixture's tokenizer, generation config and speech tokenizer beside them (a released-shape codec is not
+    needed: the mlx-audio side stubs its decode)."""
+    config = parse_model_config(*config_dicts(shape))
+    official = {ours: theirs for theirs, ours in HF_PREFIXES}
+    weights = {}
+    for prefix, module in (("talker.", Talker(config)), ("code_predictor.", CodePredictor(config))):
+        randomize(module, prefix, mx.bfloat16, None)
+        for name, value in tree_flatten(module.parameters()):
+            ours = max((p for p in official if f"{prefix}{name}".startswith(p)), key=len)
+            weights[official[ours] + f"{prefix}{name}"[len(ours):]] = value
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(FIXTURE, out)
+    (out / "config.json").write_text(json.dumps(config_dicts(shape)[0], indent=2))
+    mx.save_safetensors(str(out / "model.safetensors"), weights)
 
 
 def env_info(threads) -> dict:

@@ -1,16 +1,13 @@
-"""Where one frame of our engine spends its time: host work per phase and the step's graph size.
+"""Where one frame of our engine spends its time on the host, per phase of the loop body.
 
 The phases are those of `Batch.step` (mlx_qwen_tts/engine/generate.py) for one row: calling the
 compiled frame step (replaying its recorded graph), `async_eval` (dispatch), and reading the
 previous step's frames (the one host sync). A thread-CPU and a wall timer go around each:
 MLX computes on its own threads, so the main thread's CPU time is host work and wall time beyond
-it is waiting for the device. Graph size: primitives of one uncompiled step (`mx.export_to_dot`),
-the most frequent first, i.e. what the compiled step replays after fusing elementwise chains.
-Runs inside our worker (bench/ours.py, op "profile").
+it is waiting for the device. The step's graph (primitives, Metal kernels) is counted by
+bench/frame_kernels.py. Runs inside our worker (bench/ours.py, op "profile").
 """
 
-import io
-import re
 import time
 from collections import Counter
 
@@ -20,15 +17,15 @@ import numpy as np
 from common import LANGUAGE, VOICE
 from mlx_qwen_tts.engine.generate import Batch, GenerationSettings, Row
 from mlx_qwen_tts.engine.prompt import build_prompt
-from mlx_qwen_tts.engine.sampling import sampling_plan
+from mlx_qwen_tts.engine.sampling import draw_plan
 
 PHASES = ("frame step call (compiled replay)", "async_eval (dispatch)", "read frames (wait for the device)")
 
 
-def one_row_batch(model, text, seed, prefill_positions=None) -> Batch:
+def one_row_batch(model, text, seed, prefill_positions=None, greedy=False) -> Batch:
     """A batch holding one row right after its prefill (EOS impossible). `prefill_positions`
     limits the prompt to its first positions (an 8-bit CPU prefill of a long prompt takes minutes)."""
-    settings = GenerationSettings.from_config(model.config.generation, ignore_eos=True, seed=seed)
+    settings = GenerationSettings.from_config(model.config.generation, greedy=greedy, ignore_eos=True, seed=seed)
     prompt = build_prompt(model, text, voice=VOICE, language=LANGUAGE)
     if prefill_positions:
         prompt.embeds = prompt.embeds[:, :prefill_positions]
@@ -38,8 +35,8 @@ def one_row_batch(model, text, seed, prefill_positions=None) -> Batch:
 
 
 def plans(batch: Batch) -> tuple[int, int]:
-    return (sampling_plan([r.settings.talker for r in batch.rows]),
-            sampling_plan([r.settings.predictor for r in batch.rows]))
+    return (draw_plan([r.settings.talker for r in batch.rows]),
+            draw_plan([r.settings.predictor for r in batch.rows]))
 
 
 def host_split(model, text, frames, seed) -> dict:
@@ -65,18 +62,3 @@ def host_split(model, text, frames, seed) -> dict:
             mark(PHASES[2])
         previous = out
     return {p: dict(cpu_ms=cpu[p] / frames * 1e3, wall_ms=wall[p] / frames * 1e3) for p in PHASES}
-
-
-def graph_sizes(model, text, seed) -> dict:
-    """Primitives in one frame step, traced without compilation."""
-    batch = one_row_batch(model, text, seed, prefill_positions=1)
-    mx.eval(batch.state)
-    out, state = model.frame_step._step(batch.consts, batch.state, plans(batch))
-    ops = _ops([out, state.hidden, state.code0])  # one graph: shared nodes counted once
-    return {"frame step": dict(primitives=sum(ops.values()), top=dict(ops.most_common(8)))}
-
-
-def _ops(out) -> Counter:
-    dot = io.StringIO()
-    mx.export_to_dot(dot, out)
-    return Counter(re.findall(r'label ="?([A-Za-z]+)', dot.getvalue()))

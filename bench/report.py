@@ -111,9 +111,9 @@ def profile(records) -> list[str]:
                   "ms/frame. Host (main-thread CPU) and wall time per frame, by phase of the loop body:", ""]
         lines += _table(["phase", "host CPU ms", "wall ms"],
                         [[p, f"{v['cpu_ms']:.2f}", f"{v['wall_ms']:.2f}"] for p, v in prof["host"].items()])
-        lines += ["", "Primitives dispatched per frame, by stage (most frequent first):", ""]
-        lines += _table(["stage", "primitives", "most frequent"],
-                        [[g, v["primitives"], ", ".join(f"{k} {n}" for k, n in v["top"].items())]
+        lines += ["", "Primitives and kernels dispatched per frame (bench/frame_kernels.py; most frequent first):", ""]
+        lines += _table(["graph", "primitives", "kernels", "most frequent"],
+                        [[g, v["primitives"], v.get("kernels", ""), ", ".join(f"{k} {n}" for k, n in v["top"].items())]
                          for g, v in prof["graphs"].items()])
         lines.append("")
     return lines

@@ -17,6 +17,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from mlx_qwen_tts.models.code_predictor import CodePredictor
+from mlx_qwen_tts.models.fused import fuse_projections
 from mlx_qwen_tts.config import ModelConfig, load_model_config
 from mlx_qwen_tts.quantize import apply_quantization
 from mlx_qwen_tts.models.talker import Talker
@@ -59,6 +60,8 @@ class Model:
     def __post_init__(self):
         from mlx_qwen_tts.engine.step import FrameStep
 
+        fuse_projections(self.talker.layers)  # fewer kernels per frame, same results (models/fused.py)
+        fuse_projections(self.code_predictor.layers)
         self.frame_step = FrameStep(self)
 
     @property

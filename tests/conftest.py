@@ -43,6 +43,14 @@ _PYTEST_CONFIG = None  # set while pytest runs: progress lines then bypass its o
 def pytest_configure(config):
     global _PYTEST_CONFIG
     _PYTEST_CONFIG = config
+    device = os.environ.get("MLX_QWEN_TTS_DEVICE")  # cpu | gpu: the device the suite runs on (default: MLX's)
+    if device:
+        import mlx.core as mx
+
+        if device not in ("cpu", "gpu") or (device == "gpu" and not mx.is_available(mx.gpu)):
+            raise pytest.UsageError(f"MLX_QWEN_TTS_DEVICE={device}: this MLX offers "
+                                    f"{'cpu and gpu' if mx.is_available(mx.gpu) else 'cpu only'}")
+        mx.set_default_device(mx.gpu if device == "gpu" else mx.cpu)
 
 
 def _progress(line: str):

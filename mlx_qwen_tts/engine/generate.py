@@ -19,9 +19,9 @@ import numpy as np
 
 from mlx_qwen_tts.engine.prompt import Prompt
 from mlx_qwen_tts.engine.request import MAX_SEED, GenerationSettings
-from mlx_qwen_tts.engine.sampling import SamplerArrays, sampling_plan
+from mlx_qwen_tts.engine.sampling import SamplerArrays, draw_plan
 from mlx_qwen_tts.engine.step import (KV_BLOCK, TEXT_BLOCK, BatchState, capacity_for, pick_code0,
-                                      step_constants)
+                                      predictor_buffers, step_constants)
 
 FRAME_RATE = 12.5
 # Runaway guard. The budget allows ~4x the slowest plausible speech (1 s per text token, on
@@ -172,7 +172,7 @@ class Batch:
         frames = mx.zeros((1,), dtype=mx.int32)
         vocab = self.model.config.talker.vocab_size
         code0, seen = pick_code0(talker.codec_head(hidden[:, 0]), self.consts, mx.zeros((1, vocab), mx.bool_),
-                                 frames, penalty, allow_eos, talker_arrays, seeds, sampling_plan([s.talker]))
+                                 frames, penalty, allow_eos, talker_arrays, seeds, draw_plan([s.talker]))
         capacity = capacity_for(length + 1, KV_BLOCK)
         keys = tuple(_pad_axis(c.keys[:, :, :length], 2, 0, capacity - length) for c in cache)
         values = tuple(_pad_axis(c.values[:, :, :length], 2, 0, capacity - length) for c in cache)
@@ -182,7 +182,8 @@ class Batch:
                            left_pad=mx.zeros((1,), dtype=mx.int32), hidden=hidden, code0=code0, seen=seen,
                            frames=frames, trailing=_pad_axis(trailing, 1, 0, text_cap - trailing.shape[1]),
                            trailing_len=mx.array([trailing.shape[1]], dtype=mx.int32), seeds=seeds,
-                           talker=talker_arrays, predictor=predictor_arrays, penalty=penalty, allow_eos=allow_eos)
+                           talker=talker_arrays, predictor=predictor_arrays, penalty=penalty, allow_eos=allow_eos,
+                           **predictor_buffers(self.model, 1))
         mx.async_eval(state)
         return state, length
 
@@ -219,8 +220,8 @@ class Batch:
         previous, self.inflight = self.inflight, None
         if self.state is not None:
             self._make_room()
-            plans = (sampling_plan([r.settings.talker for r in self.rows]),
-                     sampling_plan([r.settings.predictor for r in self.rows]))
+            plans = (draw_plan([r.settings.talker for r in self.rows]),
+                     draw_plan([r.settings.predictor for r in self.rows]))
             frames, self.state = self.step_fn(self.consts, self.state, plans)
             self.write += 1
             mx.async_eval(frames, self.state)

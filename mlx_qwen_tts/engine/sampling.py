@@ -54,21 +54,23 @@ class SamplerArrays(NamedTuple):
                    mx.array([s.top_p for s in settings], dtype=mx.float32))
 
 
-def warp_logits(logits: mx.array, s: SamplerArrays) -> mx.array:
+def warp_logits(logits: mx.array, s: SamplerArrays, top_p: bool = True) -> mx.array:
     """Temperature, then top-k, then top-p, as the official warpers; returns log-probabilities [B, V].
-    One sort serves both filters (top-p as mlx-lm's apply_top_p, on the top-k survivors)."""
+    One sort serves both filters (top-p as mlx-lm's apply_top_p, on the top-k survivors).
+    top_p=False: no row filters by top-p, so its work is skipped (the floor is then the top-k one)."""
     vocab = logits.shape[-1]
     logits = logits / s.temperature[:, None]
     ascending = mx.sort(logits, axis=-1)
     # top-k keeps every score >= the k-th largest; k = 0 (off) or k >= V keeps all
     kth = mx.where((s.top_k > 0) & (s.top_k < vocab), vocab - s.top_k, 0)
-    k_floor = mx.take_along_axis(ascending, kth[:, None], axis=-1)
-    kept = mx.where(ascending >= k_floor, ascending, -mx.inf)
-    probs = mx.exp(kept - mx.logsumexp(kept, axis=-1, keepdims=True))
-    mass_above = mx.cumsum(probs, axis=-1, reverse=True, inclusive=False)
-    dropped = (mass_above >= s.top_p[:, None] * (mass_above[:, :1] + probs[:, :1])).sum(axis=-1, keepdims=True)
-    dropped = mx.where(s.top_p[:, None] < 1.0, dropped, 0)  # rounding must not drop tails when off
-    floor = mx.maximum(k_floor, mx.take_along_axis(kept, dropped, axis=-1))
+    floor = k_floor = mx.take_along_axis(ascending, kth[:, None], axis=-1)
+    if top_p:
+        kept = mx.where(ascending >= k_floor, ascending, -mx.inf)
+        probs = mx.exp(kept - mx.logsumexp(kept, axis=-1, keepdims=True))
+        mass_above = mx.cumsum(probs, axis=-1, reverse=True, inclusive=False)
+        dropped = (mass_above >= s.top_p[:, None] * (mass_above[:, :1] + probs[:, :1])).sum(axis=-1, keepdims=True)
+        dropped = mx.where(s.top_p[:, None] < 1.0, dropped, 0)  # rounding must not drop tails when off
+        floor = mx.maximum(k_floor, mx.take_along_axis(kept, dropped, axis=-1))
     logits = mx.where(logits < floor, -mx.inf, logits)
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
@@ -77,6 +79,19 @@ def uniform_noise(seeds: mx.array, counter: mx.array, stream: int, ids: mx.array
     """Uniform (0, 1) noise for token `ids` ([B, N] or [1, N] uint32) from per-row seeds [B, 2]
     uint32, a per-row counter [B] (the frame) and a stream id (the code group): a murmur3-style
     integer hash, so a row's noise for a token is the same whatever else is computed."""
+    return unit_interval(_hash(seeds[:, 0], seeds[:, 1], counter, mx.array(stream + 1, mx.uint32), ids))
+
+
+def noise_table(seeds: mx.array, counter: mx.array, streams: int, vocab: int) -> mx.array:
+    """Gumbel noise [B, streams, vocab] of streams 1..`streams` for every token id: one fused
+    chain per frame instead of one hash per draw; entry [:, g - 1, i] equals the noise
+    `uniform_noise` gives stream g and token i (the same integer and float operations)."""
+    ids = mx.arange(vocab, dtype=mx.uint32)[None, None]
+    keys = mx.arange(2, streams + 2, dtype=mx.uint32)[None]  # stream + 1, as uniform_noise
+    return gumbel(unit_interval(_hash(seeds[:, :1], seeds[:, 1:], counter[:, None], keys, ids)))
+
+
+def _hash(seed0, seed1, counter, stream_key, ids):
     def mix(x):
         x = x ^ (x >> 16)
         x = x * mx.array(0x85EBCA6B, mx.uint32)
@@ -86,9 +101,13 @@ def uniform_noise(seeds: mx.array, counter: mx.array, stream: int, ids: mx.array
 
     golden = mx.array(0x9E3779B9, mx.uint32)
     # (frame, stream) -> one word, so the whole key takes two rounds per row and one per token
-    step = (counter.astype(mx.uint32) * mx.array(64, mx.uint32) + mx.array(stream + 1, mx.uint32)) * golden
-    row = mix(seeds[:, 0] ^ mix(seeds[:, 1] ^ step))
-    return unit_interval(mix(row[:, None] ^ (ids.astype(mx.uint32) * golden)))
+    step = (counter.astype(mx.uint32) * mx.array(64, mx.uint32) + stream_key) * golden
+    row = mix(seed0 ^ mix(seed1 ^ step))
+    return mix(row[..., None] ^ (ids.astype(mx.uint32) * golden))
+
+
+def gumbel(uniform: mx.array) -> mx.array:
+    return -mx.log(-mx.log(uniform))
 
 
 def unit_interval(bits: mx.array) -> mx.array:
@@ -116,25 +135,48 @@ def sampling_plan(settings: list[SamplerSettings]) -> int:
     return candidates if candidates <= 1024 else FULL_VOCAB
 
 
+class DrawPlan(NamedTuple):
+    """What a batch's draws need, fixed when the step is traced (the work changes, never a draw)."""
+
+    candidates: int  # sampling_plan()
+    top_p: bool  # some sampling row filters by top-p
+    greedy_rows: bool  # some row is greedy
+
+
+def draw_plan(settings: list[SamplerSettings]) -> DrawPlan:
+    return DrawPlan(sampling_plan(settings), any(s.do_sample and s.top_p < 1 for s in settings),
+                    any(not s.do_sample for s in settings))
+
+
 def sample(logits: mx.array, s: SamplerArrays, seeds: mx.array, counter: mx.array, stream: int,
-           plan: int) -> mx.array:
-    """logits [B, V] (float32, processors applied) -> ids [B] int32: argmax for greedy rows, a
-    draw from the warped distribution (Gumbel-max over per-token noise) for the others. The
-    plan changes the work, never the draw (the noise is keyed by token id)."""
-    greedy = mx.argmax(logits, axis=-1).astype(mx.int32)
+           plan: int, *, top_p: bool = True, greedy_rows: bool = True, noise=None) -> mx.array:
+    """logits [B, V] (processors applied; float32, or bfloat16: cast after the candidates are
+    taken, which is exact) -> ids [B] int32: argmax for greedy rows, a draw from the warped
+    distribution (Gumbel-max over per-token noise) for the others. The plan changes the work,
+    never the draw (the noise is keyed by token id). `top_p` / `greedy_rows` False: no row
+    uses top-p / is greedy (DrawPlan). `noise`: the Gumbel noise [B, V] of this draw for every
+    token id (a noise_table slice), instead of hashing the candidates' ids here."""
     if plan == GREEDY:
-        return greedy
+        return mx.argmax(logits, axis=-1).astype(mx.int32)
     vocab = logits.shape[-1]
     if plan == FULL_VOCAB or plan >= vocab:
         ids = mx.arange(vocab, dtype=mx.int32)[None]
-        scores = logits
+        scores = _float32(logits)
+        gumbels = noise if noise is not None else gumbel(uniform_noise(seeds, counter, stream, ids))
     else:
         ids = mx.argpartition(-logits, plan - 1, axis=-1)[:, :plan].astype(mx.int32)
-        scores = mx.take_along_axis(logits, ids, axis=-1)
-    gumbel = -mx.log(-mx.log(uniform_noise(seeds, counter, stream, ids)))
-    pick = mx.argmax(warp_logits(scores, s) + gumbel, axis=-1)
+        scores = _float32(mx.take_along_axis(logits, ids, axis=-1))
+        gumbels = (mx.take_along_axis(noise, ids, axis=-1) if noise is not None
+                   else gumbel(uniform_noise(seeds, counter, stream, ids)))
+    pick = mx.argmax(warp_logits(scores, s, top_p) + gumbels, axis=-1)
     drawn = mx.take_along_axis(mx.broadcast_to(ids, scores.shape), pick[:, None], axis=-1)[:, 0]
-    return mx.where(s.greedy, greedy, drawn)
+    if not greedy_rows:
+        return drawn
+    return mx.where(s.greedy, mx.argmax(logits, axis=-1).astype(mx.int32), drawn)
+
+
+def _float32(x: mx.array) -> mx.array:
+    return x if x.dtype == mx.float32 else x.astype(mx.float32)
 
 
 def repetition_penalty(logits: mx.array, seen: mx.array, penalty: mx.array) -> mx.array:
