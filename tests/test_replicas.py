@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -19,11 +20,13 @@ import httpx
 import mlx.core as mx
 import numpy as np
 import pytest
+import soundfile as sf
 from fleet import DEPLOY_CFG, HAProxy, Replica, wait_for
 from test_server import wav_bytes
 
 from mlx_qwen_tts.loading import load_model
 from mlx_qwen_tts.server.cli import serve
+from mlx_qwen_tts.text import split_text
 from mlx_qwen_tts.voice import make_voice_clone, save_voice
 
 MAX_BATCH, QUEUE_DEPTH = 2, 2
@@ -229,6 +232,42 @@ def test_a_voice_made_through_one_replica_speaks_through_all_and_its_delete_is_s
                           timeout=60).status_code
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         assert sorted(pool.map(create, [fleet.a, fleet.b])) == [201, 409]
+
+
+BOOK = "One two three. Four five six. Seven and eight. Nine, ten, eleven."
+
+
+def test_the_fan_out_client_resumes_an_interrupted_job_and_equals_the_segments_one_by_one(fleet, tmp_path):
+    fleet.both_up()
+    book, out = tmp_path / "book.txt", tmp_path / "book.wav"
+    book.write_text(BOOK)
+    texts = split_text(BOOK, 20)
+    assert len(texts) == 4
+    cache = tmp_path / ".book.wav.segments"
+    command = [sys.executable, "-m", "mlx_qwen_tts", "speak", "--server", fleet.url, "--file", book, "--out", out,
+               "--voice", VOICE, "--seed", 5, "--segment-tokens", 20]
+    before = speech_requests(fleet.replicas.values())
+    first = subprocess.Popen([*map(str, command), "--concurrency", "1"], stderr=subprocess.PIPE)
+    wait_for(lambda: len(list(cache.glob("*.pcm"))) >= 1, 60, "a first finished segment")
+    first.send_signal(signal.SIGINT)
+    assert first.wait(60) == 130 and b"Interrupted." in first.stderr.read()
+    kept = len(list(cache.glob("*.pcm")))
+    assert 1 <= kept < len(texts) and not out.exists()
+    started = speech_requests(fleet.replicas.values()) - before  # the interrupted request may have run too
+
+    done = subprocess.run([*map(str, command), "--concurrency", "4"], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert speech_requests(fleet.replicas.values()) - before - started == len(texts) - kept  # nothing redone
+    assert not cache.exists()
+
+    one_by_one = []
+    for i, text in enumerate(texts):
+        r = httpx.post(f"{fleet.a.url}/v1/audio/speech", timeout=120, json={
+            "input": text, "voice": VOICE, "language": "auto", "response_format": "pcm", "seed": 5 + i})
+        assert r.status_code == 200
+        one_by_one.append(np.frombuffer(r.content, "<i2"))
+    rendered, rate = sf.read(out, dtype="int16")
+    assert rate == 24000 and np.array_equal(rendered, np.concatenate(one_by_one))
 
 
 def test_sigterm_drains_a_replica_under_load(fleet):
