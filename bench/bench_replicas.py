@@ -2,11 +2,13 @@
 
 1. One vs two replicas behind HAProxy: `--clients` concurrent streaming clients, each sending
    `--requests` pcm requests of `--frames` frames (EOS off: every request is the same work);
-   aggregate audio seconds per wall second, time to first byte p50/p95.
+   aggregate audio seconds per wall second, time to first byte p50/p95. Fleets: one replica with
+   `--max-batch` rows, one with twice the rows, two with `--max-batch` rows each.
 2. The balancer's added time to first byte: idle, short requests alternately direct and through
    HAProxy; the difference of the medians.
 3. The fan-out client (`speak --server`) on a long text against one server: wall time and audio
-   seconds per second at --concurrency 1 and 4.
+   seconds per second at --concurrency 1 and 4 (EOS off: each segment runs to the engine's
+   runaway budget, 4 s + 1 s per text token, the same work at both concurrencies).
 
     .venv/bin/python bench/bench_replicas.py --out bench/runs/2026-12-05/replicas.json
 """
@@ -34,7 +36,7 @@ from fleet import HAProxy, Replica  # noqa: E402
 
 FIXTURES = Path(os.environ.get("MLX_QWEN_TTS_FIXTURES", ROOT / "tests" / ".fixtures"))
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the woods."
-BOOK = " ".join(f"Sentence number {i} of the long text, read by the fleet." for i in range(24))
+BOOK = " ".join(f"This is sentence {i} of the book." for i in range(12))
 BYTES_PER_S = 24000 * 2
 
 
@@ -97,7 +99,7 @@ def fan_out(url: str, folder: Path, concurrency: int) -> dict:
     book.write_text(BOOK)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "mlx_qwen_tts", "speak", "--server", url, "--file", str(book), "--out",
-                    str(out), "--voice", "ryan", "--seed", "1", "--segment-tokens", "120", "--concurrency",
+                    str(out), "--voice", "ryan", "--seed", "1", "--segment-tokens", "40", "--concurrency",
                     str(concurrency)], check=True, capture_output=True)
     wall = time.perf_counter() - started
     audio = sf.info(str(out)).duration
@@ -118,26 +120,33 @@ def main():
               "settings": vars(a) | {"out": str(a.out)}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for count in (1, 2):
-            (folder / f"n{count}").mkdir()
-            replicas, lb = fleet(folder / f"n{count}", count, a.max_batch)
+        for count, rows in ((1, a.max_batch), (1, 2 * a.max_batch), (2, a.max_batch)):
+            name = f"replicas_{count}x{rows}"
+            (folder / name).mkdir()
+            replicas, lb = fleet(folder / name, count, rows)
             try:
                 load(lb.url, 2, 1, 8)  # warm the connections
-                result[f"replicas_{count}"] = row = load(lb.url, a.clients, a.requests, a.frames)
-                print(f"{count} replica(s): {row}", flush=True)
-                if count == 1:
-                    pairs = [(stream(replicas[0].url, 8, i)[0], stream(lb.url, 8, i)[0]) for i in range(10)]
-                    direct, through = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
-                    result["lb_added_ttfb"] = {"direct_median_s": round(direct, 4),
-                                               "haproxy_median_s": round(through, 4),
-                                               "added_s": round(through - direct, 4)}
-                    print(f"added time to first byte: {result['lb_added_ttfb']}", flush=True)
-                    result["fan_out_single_server"] = [fan_out(replicas[0].url, folder, c) for c in (1, 4)]
-                    print(f"fan-out: {result['fan_out_single_server']}", flush=True)
+                result[name] = row = load(lb.url, a.clients, a.requests, a.frames)
+                print(f"{name}: {row}", flush=True)
+                if name != f"replicas_1x{a.max_batch}":
+                    continue
+                pairs = []
+                for i in range(20):  # alternate which goes first: the machine's load drifts
+                    urls = (replicas[0].url, lb.url) if i % 2 == 0 else (lb.url, replicas[0].url)
+                    first, second = (stream(url, 8, i)[0] for url in urls)
+                    pairs.append((first, second) if i % 2 == 0 else (second, first))
+                direct, through = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+                result["lb_added_ttfb"] = {"pairs": len(pairs), "direct_median_s": round(direct, 4),
+                                           "haproxy_median_s": round(through, 4), "added_s": round(through - direct, 4)}
+                print(f"added time to first byte: {result['lb_added_ttfb']}", flush=True)
+                result["fan_out_single_server"] = [fan_out(replicas[0].url, folder, c) for c in (1, 4)]
+                print(f"fan-out: {result['fan_out_single_server']}", flush=True)
             finally:
                 stop(replicas, lb)
-    result["ratio_two_vs_one"] = round(result["replicas_2"]["audio_s_per_s"] / result["replicas_1"]["audio_s_per_s"],
-                                       3)
+    one, more = result[f"replicas_1x{a.max_batch}"], result[f"replicas_2x{a.max_batch}"]
+    result["ratio_two_vs_one"] = round(more["audio_s_per_s"] / one["audio_s_per_s"], 3)
+    result["ratio_two_vs_one_same_rows"] = round(
+        more["audio_s_per_s"] / result[f"replicas_1x{2 * a.max_batch}"]["audio_s_per_s"], 3)
     result["machine"]["load_avg_end"] = os.getloadavg()
     print(json.dumps(result, indent=1))
     if a.out:
