@@ -126,15 +126,19 @@ class HAProxy:
             self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(self.cfg)], stdout=log, stderr=subprocess.STDOUT)
         wait_for(self.socket.exists, 10, "HAProxy's stats socket")
 
-    def stats(self) -> dict:
-        """`show stat` as {(backend, server): row}."""
+    def command(self, line: str) -> str:
+        """One command on HAProxy's runtime API (its stats socket), and the answer."""
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(self.socket))
-            s.sendall(b"show stat\n")
+            s.sendall(line.encode() + b"\n")
             data = b""
             while chunk := s.recv(65536):
                 data += chunk
-        rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
+        return data.decode()
+
+    def stats(self) -> dict:
+        """`show stat` as {(backend, server): row}."""
+        rows = csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))
         return {(row["pxname"], row["svname"]): row for row in rows}
 
     def server_up(self, name: str, backend: str = "tts") -> bool:

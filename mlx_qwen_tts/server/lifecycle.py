@@ -3,8 +3,8 @@
 `/health` is liveness (the process answers); `/health/ready` is 200 only while the replica takes
 work, so a load balancer's health check (HAProxy `httpchk`) sends nothing to a replica that is
 not serving. SIGTERM starts a drain: readiness turns 503 at once, new speech requests get 503 with
-`Retry-After` (the balancer tries another replica), the streams in flight finish, and the server
-stops when none is left or `--drain-seconds` have passed.
+`Retry-After` (deploy/haproxy.cfg marks the replica down at the first one; the client retries), the
+streams in flight finish, and the server stops when none is left or `--drain-seconds` have passed.
 
 `ReplicaMiddleware` (pure ASGI, so streamed bodies pass untouched) names the replica in every
 response (`X-Replica`), counts the requests in flight until their last byte, answers the drain's
