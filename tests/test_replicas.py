@@ -267,7 +267,11 @@ def test_the_fan_out_client_resumes_an_interrupted_job_and_equals_the_segments_o
         assert r.status_code == 200
         one_by_one.append(np.frombuffer(r.content, "<i2"))
     rendered, rate = sf.read(out, dtype="int16")
-    assert rate == 24000 and np.array_equal(rendered, np.concatenate(one_by_one))
+    want = np.concatenate(one_by_one)
+    # Same codes; the codec's float32 output may differ by a few int16 steps when the server
+    # decoded a segment batched with others (a wrong seed, segment or order differs by thousands).
+    assert rate == 24000 and len(rendered) == len(want)
+    assert np.abs(rendered.astype(np.int32) - want).max() <= 10
 
 
 def test_sigterm_drains_a_replica_under_load(fleet):

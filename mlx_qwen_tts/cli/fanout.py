@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from mlx_qwen_tts.cli.common import utf8_text
 from mlx_qwen_tts.text import MIN_SEGMENT_TOKENS, SEGMENT_TOKENS, split_text
 
 SAMPLE_RATE = 24000
@@ -34,7 +35,7 @@ class ServerRefused(click.ClickException):
 def remote_options(command):
     """`speak`'s options for rendering through a server."""
     for option in reversed([
-        click.option("--server", metavar="URL",
+        click.option("--server", metavar="URL", callback=utf8_text,
                      help="Render through a running `serve` (or the load balancer of several): segments are sent "
                           "concurrently, retried, and kept so that a rerun resumes; needs --out."),
         click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 256),
@@ -43,7 +44,7 @@ def remote_options(command):
                      type=click.IntRange(MIN_SEGMENT_TOKENS, 4096),
                      help="With --server: the longest segment, in tokens (UTF-8 bytes; ~characters of English), "
                           "split at sentences."),
-        click.option("--api-key", envvar="MLX_QWEN_TTS_API_KEY", show_envvar=True,
+        click.option("--api-key", envvar="MLX_QWEN_TTS_API_KEY", show_envvar=True, callback=utf8_text,
                      help="With --server: its key."),
     ]):
         command = option(command)
@@ -155,7 +156,10 @@ def render(text: str, *, server: str, out: Path, voice: str | None, language: st
             raise click.ClickException(f"cannot reach the server at {server}: {e}") from None
         if models.status_code != 200:
             raise ServerRefused(f"the server at {server} answered {models.status_code}: {_refusal(models)}")
-        model_id = models.json()["data"][0]["id"]
+        try:
+            model_id = models.json()["data"][0]["id"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise click.ClickException(f"{server} does not answer like a speech server (GET /v1/models)") from None
         segments = Segments(split_text(text, segment_tokens), request, model_id,
                             out.with_name(f".{out.name}.segments"))
         segments.cache.mkdir(exist_ok=True)
