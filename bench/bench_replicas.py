@@ -7,8 +7,8 @@
 2. The balancer's added time to first byte: idle, short requests alternately direct and through
    HAProxy; the difference of the medians.
 3. The fan-out client (`speak --server`) on a long text against one server: wall time and audio
-   seconds per second at --concurrency 1 and 4 (EOS off: each segment runs to the engine's
-   runaway budget, 4 s + 1 s per text token, the same work at both concurrencies).
+   seconds per second at --concurrency 1 and 4 (EOS off: each segment runs to the server's
+   --max-seconds-per-request, 12 s, the same work at both concurrencies).
 
     .venv/bin/python bench/bench_replicas.py --out bench/runs/2026-12-05/replicas.json
 """
@@ -76,7 +76,9 @@ def load(url: str, clients: int, requests: int, frames: int) -> dict:
 
 
 def fleet(folder: Path, count: int, max_batch: int) -> tuple[list[Replica], HAProxy]:
-    args = ["--max-batch", max_batch, "--max-queue", max_batch, "--ignore-eos", "--log-level", "warning"]
+    # EOS off; a fan-out segment (no max_frames) stops at --max-seconds-per-request
+    args = ["--max-batch", max_batch, "--max-queue", max_batch, "--ignore-eos", "--max-seconds-per-request", 12,
+            "--log-level", "warning"]
     model = FIXTURES / "models" / "customvoice_0b6"
     replicas = [Replica(f"r{i + 1}", model, args, folder).start() for i in range(count)]
     for r in replicas:

@@ -30,6 +30,7 @@ from mlx_qwen_tts.text import split_text
 from mlx_qwen_tts.voice import make_voice_clone, save_voice
 
 MAX_BATCH, QUEUE_DEPTH = 2, 2
+CAP_FRAMES = 125  # every request's most: the fan-out's segments (no max_frames) run exactly this
 SAMPLES_PER_FRAME = 1920
 VOICE = "fleet"
 
@@ -37,8 +38,9 @@ VOICE = "fleet"
 class Fleet:
     def __init__(self, model, folder, wave, old_voices):
         store = folder / "voices"
+        # EOS off: a request runs exactly its max_frames, or CAP_FRAMES (--max-seconds-per-request)
         args = ["--max-batch", MAX_BATCH, "--max-queue", MAX_BATCH, "--voice-store", store, "--ignore-eos",
-                "--drain-seconds", 30, "--voices-dir", old_voices]
+                "--max-seconds-per-request", CAP_FRAMES / 12.5, "--drain-seconds", 30, "--voices-dir", old_voices]
         self.a = Replica("a", model, args, folder).start()
         self.b = Replica("b", model, args, folder)  # started by the first test: not ready yet
         self.replicas = {"a": self.a, "b": self.b}
@@ -157,7 +159,7 @@ def speech_requests(replicas) -> float:
 
 def test_a_hang_up_frees_the_row_and_a_queued_request_whose_client_left_never_runs(fleet):
     fleet.both_up()
-    r, chunks, _ = open_stream(fleet.url, 400)
+    r, chunks, _ = open_stream(fleet.url, CAP_FRAMES)
     owner = fleet.replicas[r.headers["x-replica"]]
     assert owner.health()["active_rows"] == 1
     r.close()
@@ -166,7 +168,7 @@ def test_a_hang_up_frees_the_row_and_a_queued_request_whose_client_left_never_ru
     assert time.perf_counter() - closed < 1.0
 
     before = speech_requests(fleet.replicas.values())
-    streams = [open_stream(fleet.url, 400) for _ in range(2 * MAX_BATCH)]  # every row busy
+    streams = [open_stream(fleet.url, CAP_FRAMES) for _ in range(2 * MAX_BATCH)]  # every row busy
     with socket.create_connection(("127.0.0.1", fleet.lb.port)) as raw:
         payload = httpx.Request("POST", "http://x/v1/audio/speech", json=body(4)).read()
         raw.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -276,7 +278,7 @@ def test_the_fan_out_client_resumes_an_interrupted_job_and_equals_the_segments_o
 
 def test_sigterm_drains_a_replica_under_load(fleet):
     fleet.both_up()
-    frames = 150
+    frames = 120
     streams = [open_stream(fleet.url, frames) for _ in range(3)]  # 4 rows: 2 on one replica, 1 on the other
     owners = [r.headers["x-replica"] for r, _, _ in streams]
     # Drain the replica with a free row: HAProxy would send it the next request.
