@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian/Ubuntu machine, then runs it:
-#   - Debian packages: libportaudio2 (sounddevice), libopenblas0-pthread (fast float32 matmul for MLX's CPU backend)
+#   - Debian packages: libportaudio2 (sounddevice), libopenblas0-pthread (fast float32 matmul for MLX's CPU backend),
+#     haproxy (the load balancer in front of replicas in tests/test_replicas.py)
 #   - .venv      the project with its test extras (mlx[cpu] on Linux)
 #   - .venv-ref  the official qwen-tts 0.1.1 reference (PyTorch CPU), kept apart because of its transformers pin
 #   - tests/.fixtures  tiny official models + reference dumps (rebuilt when tests/reference/ changes)
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 need_pkgs=()
-for p in libportaudio2 libopenblas0-pthread chromium chromium-driver; do
+for p in libportaudio2 libopenblas0-pthread chromium chromium-driver haproxy; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

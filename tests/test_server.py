@@ -128,8 +128,8 @@ def test_first_bytes_leave_while_generating_and_each_request_is_logged(server):
         rest = b"".join(chunks)
     frames = (len(first) + len(rest)) // (2 * SAMPLES_PER_FRAME)
     wait_for(lambda: f"frames={frames} " in server.log(), 10, "the request's log line")
-    assert re.search(rf"[0-9a-f]{{32}} POST /v1/audio/speech 200 voice=ryan format=pcm outcome=ok frames={frames} "
-                     rf"stop=eos rtf=\d+\.\d+ ttfb=\d+\.\d+s audio=\d+\.\d+s", server.log())
+    assert re.search(rf"[0-9a-f]{{32}} POST /v1/audio/speech 200 replica=\S+ voice=ryan format=pcm outcome=ok "
+                     rf"frames={frames} stop=eos rtf=\d+\.\d+ ttfb=\d+\.\d+s audio=\d+\.\d+s", server.log())
 
 
 def test_sse_deltas_are_the_pcm_bytes(client, reference):

@@ -205,8 +205,9 @@ def test_every_response_has_a_request_id_and_one_log_line(server):
     assert r.status_code == 200 and r.headers["x-request-id"] == "trace-42"
     wait_for(lambda: "trace-42 " in server.log(), 10, "the log line")
     line = [x for x in server.log().splitlines() if "trace-42 " in x]
-    assert len(line) == 1 and re.search(r"trace-42 POST /v1/audio/speech 200 voice=ryan format=pcm outcome=ok "
-                                        r"frames=3 stop=max_frames rtf=\S+ ttfb=\d+\.\d+s audio=0\.24s", line[0])
+    assert len(line) == 1 and re.search(r"trace-42 POST /v1/audio/speech 200 replica=\S+ voice=ryan format=pcm "
+                                        r"outcome=ok frames=3 stop=max_frames rtf=\S+ ttfb=\d+\.\d+s audio=0\.24s",
+                                        line[0])
     ids = set()
     for bad in ("has space", "x" * 129, "tab\there", "é"):
         r = httpx.get(f"{server.url}/v1/models", headers={**AUTH, "X-Request-Id": bad.encode("utf-8")})
@@ -219,7 +220,7 @@ def test_every_response_has_a_request_id_and_one_log_line(server):
         rid = r.headers["x-request-id"]
         assert r.status_code == status
         wait_for(lambda: f"{rid} " in server.log(), 10, "the error's log line")
-        assert re.search(rf"{rid} \S+ \S+ {status} error=\w+ ttfb=", server.log())
+        assert re.search(rf"{rid} \S+ \S+ {status} replica=\S+ error=\w+ ttfb=", server.log())
     forged = httpx.get(f"{server.url}/v1/x%0A00:00:00 INFO forged", headers=AUTH)  # a newline in the path
     assert forged.status_code == 404
     wait_for(lambda: forged.headers["x-request-id"] in server.log(), 10, "the 404's log line")

@@ -13,6 +13,7 @@ import click
 
 from mlx_qwen_tts.cli.common import (Command, Number, cpu_dtype, model_size, one_line, select_device, user_errors,
                                      utf8_text, warnings_to_stderr)
+from mlx_qwen_tts.cli.fanout import remote_options, speak_remote
 from mlx_qwen_tts.hub import DEFAULT_MODEL
 from mlx_qwen_tts.text import split_text
 
@@ -129,8 +130,9 @@ def check_not_inputs(out: Path, inputs: dict):
 @click.option("--progress/--no-progress", default=None,
               help="Show segments and audio seconds done, with an ETA [default: with --out, on a terminal].")
 @click.option("--verbose", is_flag=True, help="Print timings: first audio, RTF, frames/s, peak memory.")
+@remote_options
 def speak(text, text_file, model, voice, language, instruct, ref_audio, ref_text, voice_file, out, play,
-          seed, greedy, temperature, top_k, top_p, max_seconds, device, progress, verbose):
+          seed, greedy, temperature, top_k, top_p, max_seconds, device, progress, verbose, **remote):
     """Say TEXT ('-' reads standard input) through the speakers, or save it with --out.
 
     Playback starts after the first few frames while the rest is still being generated. An
@@ -143,6 +145,15 @@ def speak(text, text_file, model, voice, language, instruct, ref_audio, ref_text
                                    "--temperature, --top-k or --top-p")
     if progress is None:
         progress = out is not None and sys.stderr.isatty()
+    if remote["server"]:
+        with user_errors():
+            if out is not None:
+                check_not_inputs(out, {"--file": text_file})
+            return speak_remote(read_text(text, text_file), out=out, play=play, max_seconds=max_seconds,
+                                clone=dict(ref_audio=ref_audio, ref_text=ref_text, voice_file=voice_file),
+                                remote=remote, voice=voice, language=language, instruct=instruct, progress=progress,
+                                sampling=dict(seed=seed, greedy=greedy, temperature=temperature, top_k=top_k,
+                                              top_p=top_p))
     with user_errors(), warnings_to_stderr():
         _speak(read_text(text, text_file), text_file=text_file, model=model, voice=voice, language=language,
                instruct=instruct, out=out, play=out is None if play is None else play, device=device, verbose=verbose,

@@ -1,5 +1,5 @@
 """The FastAPI app: OpenAI's `/v1/audio/speech` and `/v1/models`, the voice list and registry,
-`/health`, and the playground page at `/`.
+`/health` (liveness), `/health/ready` (readiness), `/metrics` (Prometheus), and the playground page at `/`.
 
 `create_app(state)` takes a `ServerState` (model, engine, registry, settings) made by
 `mlx-qwen-tts serve`; the app closes the engine when it shuts down.
@@ -16,12 +16,14 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from mlx_qwen_tts.server.errors import ApiError, install_error_handlers
 from mlx_qwen_tts.server.guard import RequestGate, RequestLog
 from mlx_qwen_tts.server.health import engine_health
+from mlx_qwen_tts.server.lifecycle import Lifecycle, ReplicaMiddleware
+from mlx_qwen_tts.server.metrics import ServerMetrics
 from mlx_qwen_tts.server.registry import VoiceRegistry, check_name
 from mlx_qwen_tts.server.speech import MAX_INPUT_CHARS, SpeechRequest, speech
 
@@ -35,7 +37,7 @@ MAX_SECONDS_PER_REQUEST = 600.0
 class ServerState:
     model: object
     engine: object
-    registry: VoiceRegistry
+    registry: VoiceRegistry  # or a SharedVoiceRegistry (same interface)
     model_id: str
     api_key: str | None = None
     max_input_chars: int = MAX_INPUT_CHARS
@@ -47,6 +49,8 @@ class ServerState:
     ignore_eos: bool = False  # benchmarks only: every request runs to max_frames
     client_timeout: float = CLIENT_TIMEOUT_S  # headers, body and a stalled reader (server/connection.py)
     max_seconds_per_request: float = MAX_SECONDS_PER_REQUEST  # audio; caps every request's max_frames
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    metrics: ServerMetrics | None = None  # made by create_app (one registry per app)
 
     def voice_names(self) -> list[str]:
         return list(self.model.config.speaker_names) + (self.registry.names() if self.registry.enabled else [])
@@ -62,7 +66,11 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="mlx-qwen-tts", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.tts = state
     install_error_handlers(app)
-    # Middleware added last runs first: the log and request id, then CORS, then key and body.
+    lifecycle = state.lifecycle
+    state.metrics = metrics = ServerMetrics(state.engine, lifecycle, lambda: len(state.voice_names()),
+                                            lifecycle.replica_id)
+    # Middleware added last runs first: the log and request id, then the replica (name, drain,
+    # requests in flight, status counts), then CORS, then key and body.
     app.add_middleware(RequestGate, api_key=state.api_key, client_timeout=state.client_timeout,
                        upload_paths={"/v1/audio/voices": MAX_UPLOAD_BODY})
     if state.cors_origins:
@@ -70,16 +78,29 @@ def create_app(state: ServerState) -> FastAPI:
 
         # allow_headers "*": the OpenAI JS SDK sends X-Stainless-* headers with every call.
         app.add_middleware(CORSMiddleware, allow_origins=state.cors_origins, allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["*"], expose_headers=["X-Request-Id"])
+                           allow_headers=["*"], expose_headers=["X-Request-Id", "X-Replica"])
+    app.add_middleware(ReplicaMiddleware, lifecycle=lifecycle, on_response=metrics.observe_response)
     app.add_middleware(RequestLog)
     cfg = state.model.config
 
     @app.get("/health")
-    async def health():
+    async def health():  # liveness (and a stuck engine); a load balancer uses /health/ready
         code, fields = engine_health(state.engine, state.ready)
-        return JSONResponse({**fields, "ready": state.ready, "active_rows": state.engine.active_rows,
+        return JSONResponse({**fields, "ready": state.ready and not lifecycle.draining, "draining": lifecycle.draining,
+                             "replica": lifecycle.replica_id, "active_rows": state.engine.active_rows,
                              "queued": state.engine.queued, "max_batch": state.max_batch,
                              "max_queue": state.max_queue}, status_code=code)
+
+    @app.get("/health/ready")
+    async def ready():  # readiness: 200 only while this replica takes work
+        if state.ready and not lifecycle.draining:
+            return {"status": "ready", "replica": lifecycle.replica_id}
+        status = "draining" if lifecycle.draining else "starting"
+        return JSONResponse({"status": status, "replica": lifecycle.replica_id}, status_code=503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus():  # counts only; with --api-key the scraper sends the key (Prometheus: `authorization`)
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground():  # a static page (no data in it); the API calls it makes need the key
@@ -112,8 +133,8 @@ def create_app(state: ServerState) -> FastAPI:
             raise ApiError(400, f"voice registration needs a Base model; this one is {cfg.model_type}",
                            code="unsupported")
         if not state.registry.enabled:
-            raise ApiError(400, "the voice registry is off: start the server with --voices-dir DIR",
-                           code="unsupported")
+            raise ApiError(400, "the voice registry is off: start the server with --voices-dir DIR "
+                           "(or --voice-store DIR)", code="unsupported")
         return state.registry
 
     @app.post("/v1/audio/voices", status_code=201)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import click
 
 from mlx_qwen_tts.hub import DEFAULT_MODEL
 
-GRACE_S = 5  # on SIGTERM / Ctrl-C: in-flight requests get this long, then they are cancelled
+GRACE_S = 5  # on Ctrl-C (or once a drain's time is up): in-flight requests get this long, then they are cancelled
 KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this long
 
 
@@ -69,6 +70,10 @@ def _logger(level: str) -> logging.Logger:
               help="Require 'Authorization: Bearer KEY' on every endpoint but /health and the playground page.")
 @click.option("--voices-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Base models: where registered voices are kept (and read again at start).")
+@click.option("--voice-store", type=click.Path(file_okay=False, path_type=Path),
+              help="Base models: a voice store shared by replicas (a folder on NFS/SMB); voices made through "
+                   "any replica are seen by all at once. With --voices-dir too: that folder's voices are "
+                   "imported into the store (names it lacks), then only the store is used.")
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="Allow browser calls from this origin (repeatable; '*' for any). CORS is off by default.")
 @click.option("--max-input-chars", default=4096, show_default=True, type=click.IntRange(min=1))
@@ -78,10 +83,13 @@ def _logger(level: str) -> logging.Logger:
               help="Seconds a client may take to send its request headers or body, or stall reading a response.")
 @click.option("--device", type=click.Choice(["gpu", "cpu"]), help="Where MLX runs [default: gpu if available].")
 @click.option("--ignore-eos", is_flag=True, hidden=True, help="Benchmarks: never stop before max_frames.")
+@click.option("--replica-id", help="This replica's name in X-Replica, /health and /metrics [default: the host name].")
+@click.option("--drain-seconds", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="On SIGTERM: stop taking requests (readiness 503) and give those in flight this long to finish.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_origins, max_input_chars,
-          max_seconds_per_request, client_timeout, device, ignore_eos, log_level):
+def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, voice_store, cors_origins, max_input_chars,
+          max_seconds_per_request, client_timeout, device, ignore_eos, replica_id, drain_seconds, log_level):
     """Serve OpenAI-compatible text to speech (POST /v1/audio/speech) with a playground at /."""
     from mlx_qwen_tts.cli.common import select_device, user_errors
 
@@ -90,6 +98,7 @@ def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_ori
 
         from mlx_qwen_tts.server.app import ServerState, create_app
         from mlx_qwen_tts.server.connection import guarded_h11
+        from mlx_qwen_tts.server.lifecycle import DrainingServer, Lifecycle
     except ImportError as e:
         raise click.ClickException(f"the server needs its extra: pip install 'mlx-qwen-tts[server]' ({e})")
     import mlx.core as mx
@@ -98,6 +107,7 @@ def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_ori
     from mlx_qwen_tts.loading import load_model
     from mlx_qwen_tts.engine.service import Engine
     from mlx_qwen_tts.server.registry import VoiceRegistry
+    from mlx_qwen_tts.server.voice_store import FolderStore, SharedVoiceRegistry
 
     log = _logger(log_level)
     device = select_device(device)
@@ -111,18 +121,26 @@ def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_ori
         with user_errors():
             engine.warm_up()  # every batch size traced: a join never waits for a compile
             warm = _warm_up(engine, tts)
-            registry = VoiceRegistry(voices_dir, engine, tts, log)
+            if voice_store is not None:
+                registry = SharedVoiceRegistry(FolderStore(voice_store), engine, tts, log)
+                if voices_dir is not None and registry.enabled:  # moving to the store: copy the folder in
+                    added = registry.import_folder(voices_dir)
+                    log.info("imported %d voice(s) from %s into the store: %s", len(added), voices_dir,
+                             ", ".join(added) or "-")
+            else:
+                registry = VoiceRegistry(voices_dir, engine, tts, log)
             registry.load()
     except BaseException:
         engine.close()
         raise
-    if voices_dir is not None and not registry.enabled:
-        log.warning("--voices-dir is ignored: voice registration needs a Base model (this is %s)",
+    if (voices_dir or voice_store) is not None and not registry.enabled:
+        log.warning("--voices-dir/--voice-store is ignored: voice registration needs a Base model (this is %s)",
                     tts.config.model_type)
     state = ServerState(model=tts, engine=engine, registry=registry, model_id=str(model), api_key=api_key or None,
                         max_input_chars=max_input_chars, cors_origins=list(cors_origins), max_batch=max_batch,
                         max_queue=max_queue, ready=True, ignore_eos=ignore_eos, client_timeout=client_timeout,
-                        max_seconds_per_request=max_seconds_per_request)
+                        max_seconds_per_request=max_seconds_per_request,
+                        lifecycle=Lifecycle(replica_id or socket.gethostname(), drain_seconds))
     log.info("model %s (%s) on %s loaded and warmed up in %.1f s (warm-up %.2f s); %d registered voices",
              model, tts.config.model_type, device, time.perf_counter() - started, warm, len(registry.names()))
     if not api_key and not _is_loopback(host):
@@ -130,7 +148,7 @@ def serve(model, host, port, max_batch, max_queue, api_key, voices_dir, cors_ori
     config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=GRACE_S, lifespan="on", http=guarded_h11(client_timeout),
                             timeout_keep_alive=KEEP_ALIVE_S)
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, state.lifecycle)  # SIGTERM drains first
     # uvicorn re-raises the signal that stopped it once it is done; with these handlers in place
     # that is a no-op, so a graceful stop exits 0.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -23,6 +23,24 @@ def check_name(name) -> str:
     return name
 
 
+def read_voices(folder: Path, engine, model, log=None, skip=lambda name: False):
+    """(name, path, clone) for each `<name>.safetensors` in `folder` that is a voice for this model
+    (loaded beside generation); other files are skipped, logged."""
+    from mlx_qwen_tts.voice import load_voice
+
+    for path in sorted(Path(folder).glob(f"*{SUFFIX}")):
+        name = path.name[:-len(SUFFIX)]
+        if not NAME.match(name) or skip(name):
+            continue
+        try:
+            clone = engine.call_aside(load_voice, path, model).result()
+        except (ValueError, OSError) as e:
+            if log:
+                log.warning("skipping voice %s: %s", path, e)
+            continue
+        yield name, path, clone
+
+
 class VoiceRegistry:
     """Voices in a folder; `engine.call_aside` runs the MLX work (encoding, checks) beside generation."""
 
@@ -42,18 +60,7 @@ class VoiceRegistry:
         """Read the folder; a file that is not a usable voice for this model is skipped (logged)."""
         if not self.enabled:
             return
-        from mlx_qwen_tts.voice import load_voice
-
-        for path in sorted(self.folder.glob(f"*{SUFFIX}")):
-            name = path.name[:-len(SUFFIX)]
-            if not NAME.match(name):
-                continue
-            try:
-                clone = self.engine.call_aside(load_voice, path, self.model).result()
-            except (ValueError, OSError) as e:
-                if self.log:
-                    self.log.warning("skipping voice %s: %s", path, e)
-                continue
+        for name, path, clone in read_voices(self.folder, self.engine, self.model, self.log):
             self._voices[name] = self._entry(name, path, clone.ref_text)
 
     @staticmethod

@@ -207,6 +207,8 @@ async def speech(state, request: Request, body: SpeechRequest):
         record.audio_s = stats.audio_s
         record.fields.update(outcome=outcome, frames=stats.frames, stop=stop_reason(synthesis, server_cap),
                              rtf=f"{stats.rtf:.2f}" if stats.audio_s and stats.elapsed_s else "-")
+        if state.metrics is not None:
+            state.metrics.observe_speech(outcome, record.ttfb, stats)
 
     wake = _wake_on_chunks(synthesis)
     # Hold the headers until the first audio (or a failure): an error before any audio can
