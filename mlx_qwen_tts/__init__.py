@@ -13,6 +13,7 @@ _LAZY = {
     "load": "mlx_qwen_tts.hub",
     "synthesize": "mlx_qwen_tts.api",
     "stream": "mlx_qwen_tts.api",
+    "stream_text": "mlx_qwen_tts.api",
     "synthesize_batch": "mlx_qwen_tts.api",
     "Engine": "mlx_qwen_tts.engine.service",
     "make_request": "mlx_qwen_tts.engine.request",

@@ -10,15 +10,16 @@ generated as rows of one batch and decoded in order. For a long-lived service us
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
+from mlx_qwen_tts.engine.live import DEFAULT_IDLE_TIMEOUT_S
 from mlx_qwen_tts.engine.request import make_request
 from mlx_qwen_tts.engine.scheduler import Scheduler, Synthesis, SynthesisStats
 from mlx_qwen_tts.text import SEGMENT_TOKENS
 
-__all__ = ["SynthesisResult", "SynthesisStats", "stream", "synthesize", "synthesize_batch"]
+__all__ = ["SynthesisResult", "SynthesisStats", "stream", "stream_text", "synthesize", "synthesize_batch"]
 
 # Keywords of `synthesize` that `synthesize_batch` also takes as one value per text.
 PER_TEXT = ("voice", "language", "instruct", "greedy", "seed", "non_streaming_text", "max_frames", "temperature",
@@ -49,6 +50,39 @@ def _run(scheduler: Scheduler, syntheses: list[Synthesis]):
             for synthesis in syntheses:
                 synthesis.cancel()
             scheduler.run_once()
+
+
+def stream_text(model, pieces: Iterable[str], *, first_chunk_frames: int = 2, chunk_frames: int = 8,
+                stats: SynthesisStats | None = None, codes_out: list | None = None,
+                idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S, **kwargs) -> Iterator[np.ndarray]:
+    """Like `stream`, for text that is still being written: `pieces` is any iterable of str (e.g.
+    an LLM's tokens). Speech starts after the first complete token, pauses when the text runs out
+    and resumes when more arrives (engine/live.py); the same keywords as `stream` (the text layout
+    is always the streaming one). Generation runs on its own thread; `pieces` is read on the
+    calling thread between chunks, so a source that runs MLX itself (mlx-lm's `stream_generate`)
+    works. A source that blocks for long holds back the chunks made meanwhile: feed such a source
+    from a thread of its own into `Engine.open_text_stream`. `idle_timeout` (s) ends a stalled feed."""
+    from mlx_qwen_tts.engine.service import Engine
+
+    with Engine(model, max_batch=1) as engine:
+        speech = engine.open_text_stream(first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
+                                         stats=stats, codes_out=codes_out, idle_timeout=idle_timeout, **kwargs)
+        ended = False
+        try:
+            for piece in pieces:
+                speech.feed(piece)
+                chunks, ended = speech.ready()
+                yield from chunks
+                if ended:  # the model ended the speech (EOS, a limit) or it failed: stop reading
+                    break
+            speech.finish()
+        except BaseException:
+            speech.cancel()
+            raise
+        if not ended:
+            yield from speech
+        elif speech.error is not None:
+            raise speech.error
 
 
 def stream(model, text: str, *, first_chunk_frames: int = 2, chunk_frames: int = 8,

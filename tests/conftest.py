@@ -109,6 +109,20 @@ def model_dir(fixtures_dir):
     return get
 
 
+@pytest.fixture(scope="module")
+def models(model_dir):
+    """variant -> the fixture model (float32, with its codec), loaded once per test module."""
+    import mlx.core as mx
+    from mlx_qwen_tts.loading import load_model
+    cache = {}
+
+    def get(variant):
+        if variant not in cache:
+            cache[variant] = load_model(model_dir(variant), dtype=mx.float32)
+        return cache[variant]
+    return get
+
+
 def load_cases(fixtures_dir, variant):
     """[(case name, case args, dict of reference arrays)] for one variant."""
     folder = fixtures_dir / "dumps" / variant

@@ -10,20 +10,8 @@ from conftest import VARIANTS, load_cases
 from mlx_qwen_tts.api import synthesize, synthesize_batch
 from mlx_qwen_tts.engine.request import make_request
 from mlx_qwen_tts.engine.scheduler import Scheduler, Synthesis
-from mlx_qwen_tts.loading import load_model
 
 TEXT = "Hello world, this is a test."
-
-
-@pytest.fixture(scope="module")
-def models(model_dir):
-    cache = {}
-
-    def get(variant):
-        if variant not in cache:
-            cache[variant] = load_model(model_dir(variant), dtype=mx.float32)
-        return cache[variant]
-    return get
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import click
 from mlx_qwen_tts.cli.common import (Command, Number, cpu_dtype, model_size, one_line, select_device, user_errors,
                                      utf8_text, warnings_to_stderr)
 from mlx_qwen_tts.cli.fanout import remote_options, speak_remote
+from mlx_qwen_tts.cli.live_input import live_audio, stdin_pieces
 from mlx_qwen_tts.hub import DEFAULT_MODEL
 from mlx_qwen_tts.text import split_text
 
@@ -130,9 +131,11 @@ def check_not_inputs(out: Path, inputs: dict):
 @click.option("--progress/--no-progress", default=None,
               help="Show segments and audio seconds done, with an ETA [default: with --out, on a terminal].")
 @click.option("--verbose", is_flag=True, help="Print timings: first audio, RTF, frames/s, peak memory.")
+@click.option("--live", is_flag=True, help="With '-': speak standard input as it arrives (e.g. piped from an "
+                                           "LLM), pausing when it stalls, until end of file.")
 @remote_options
 def speak(text, text_file, model, voice, language, instruct, ref_audio, ref_text, voice_file, out, play,
-          seed, greedy, temperature, top_k, top_p, max_seconds, device, progress, verbose, **remote):
+          seed, greedy, temperature, top_k, top_p, max_seconds, device, progress, verbose, live, **remote):
     """Say TEXT ('-' reads standard input) through the speakers, or save it with --out.
 
     Playback starts after the first few frames while the rest is still being generated. An
@@ -145,7 +148,11 @@ def speak(text, text_file, model, voice, language, instruct, ref_audio, ref_text
                                    "--temperature, --top-k or --top-p")
     if progress is None:
         progress = out is not None and sys.stderr.isatty()
+    if live and (text != "-" or text_file is not None):
+        raise click.ClickException("--live reads standard input as it arrives: use `speak --live -`")
     if remote["server"]:
+        if live:
+            raise click.ClickException("--live speaks with the local model; it does not combine with --server")
         with user_errors():
             if out is not None:
                 check_not_inputs(out, {"--file": text_file})
@@ -155,9 +162,9 @@ def speak(text, text_file, model, voice, language, instruct, ref_audio, ref_text
                                 sampling=dict(seed=seed, greedy=greedy, temperature=temperature, top_k=top_k,
                                               top_p=top_p))
     with user_errors(), warnings_to_stderr():
-        _speak(read_text(text, text_file), text_file=text_file, model=model, voice=voice, language=language,
-               instruct=instruct, out=out, play=out is None if play is None else play, device=device, verbose=verbose,
-               max_seconds=max_seconds, progress=progress,
+        _speak(stdin_pieces() if live else read_text(text, text_file), text_file=text_file, model=model, voice=voice,
+               language=language, instruct=instruct, out=out, play=out is None if play is None else play,
+               device=device, verbose=verbose, max_seconds=max_seconds, progress=progress,
                clone=dict(ref_audio=ref_audio, ref_text=ref_text, voice_file=voice_file),
                sampling=dict(seed=seed, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p))
 
@@ -189,7 +196,8 @@ def _speak(text, *, text_file, model, voice, language, instruct, out, play, devi
 
     if not play and out is None:
         raise click.ClickException("nothing to do: --no-play needs --out FILE")
-    segments = len(split_text(text))
+    live = not isinstance(text, str)  # pieces of standard input as they arrive (--live)
+    segments = 1 if live else len(split_text(text))
     if out is not None:
         audio.check_writable(out)
         check_not_inputs(out, {"--file": text_file, "--ref-audio": clone["ref_audio"],
@@ -219,8 +227,9 @@ def _speak(text, *, text_file, model, voice, language, instruct, out, play, devi
     max_samples = None if max_frames is None else max_frames * round(tts.sample_rate / FRAME_RATE)
     stats = SynthesisStats()
     chunk = dict(first_chunk_frames=PLAY_CHUNK_FRAMES, chunk_frames=PLAY_CHUNK_FRAMES) if play else {}
-    pieces = stream(tts, text, voice=voice, language=language, instruct=instruct, max_frames=max_frames,
-                    stats=stats, **clone, **chunk, **sampling)
+    options = dict(voice=voice, language=language, instruct=instruct, max_frames=max_frames, stats=stats,
+                   **clone, **chunk, **sampling)
+    pieces = live_audio(tts, text, **options) if live else stream(tts, text, **options)
     kept = Output(out, tts.sample_rate)
     with kept.saving_partial(), contextlib.closing(pieces), \
             Progress(progress, segments, stats, kept) as bar, \

@@ -1,5 +1,10 @@
 """The running batch: rows join (prefilled on their own) and leave between two frame steps.
 
+A live row (text still arriving, engine/live.py) that has used up its text while its input is
+open is parked: taken out of the batch with its own slice of the state (KV, codec position, frame
+counter, sampler position), so it takes no step and is never fed a pad; it re-joins with that
+state, as if no time had passed, once more text has arrived.
+
 `Batch.step()` queues the next compiled frame step, then reads the frames of the step queued
 before it: exactly one host sync per frame for the whole batch, and the device always has the
 next step to work on while the host applies the stop rules. Stop rules stay on the host, per
@@ -59,6 +64,13 @@ class Row:
     cancelled: bool = False
     recent: list = field(default_factory=list, repr=False)
     started: float = 0.0
+    live: object = None  # engine/live.LiveText: the row's text is still arriving
+    steps: int = 0  # frame steps queued for the row
+
+    @property
+    def starved(self) -> bool:
+        """A live row whose next step would read a text vector that has not arrived yet."""
+        return self.live is not None and not self.live.closed and self.steps >= self.live.handed
 
     @property
     def cap(self) -> int:
@@ -87,12 +99,10 @@ def _fit(state: BatchState, write: int, to_write: int, capacity: int, text_cap: 
     """Move a state's KV content so it ends at `to_write` within `capacity` slots (left-padding
     grows by the shift) and pad its trailing text to `text_cap`."""
     shift = to_write - write
-    old_cap = state.keys[0].shape[2]
 
     def move(x):
-        if shift >= 0:
-            return _pad_axis(x, 2, shift, max(capacity - old_cap - shift, 0))[:, :, :capacity]
-        return _pad_axis(x[:, :, -shift:], 2, 0, capacity - old_cap - shift)[:, :, :capacity]
+        x = _pad_axis(x, 2, shift, 0) if shift >= 0 else x[:, :, -shift:]
+        return _pad_axis(x, 2, 0, max(capacity - x.shape[2], 0))[:, :, :capacity]
 
     return state._replace(keys=tuple(map(move, state.keys)), values=tuple(map(move, state.values)),
                           write=mx.array([to_write], dtype=mx.int32), left_pad=state.left_pad + shift,
@@ -120,6 +130,17 @@ def _take(state: BatchState, index: mx.array) -> BatchState:
                          for name in BatchState._fields})
 
 
+def _append_text(state: BatchState, index: int, vectors: mx.array, length: int) -> BatchState:
+    """Write a row's new trailing text vectors [1, n, H] so that its text ends at `length`."""
+    cap = state.trailing.shape[1]
+    trailing = _pad_axis(state.trailing, 1, 0, max(capacity_for(length, TEXT_BLOCK) - cap, 0))
+    start = mx.array([index, length - vectors.shape[1], 0], dtype=mx.int32)
+    trailing = mx.slice_update(trailing, vectors.astype(trailing.dtype), start, axes=(0, 1, 2))
+    lengths = mx.slice_update(state.trailing_len, mx.array([length], dtype=mx.int32),
+                              mx.array([index], dtype=mx.int32), axes=(0,))
+    return state._replace(trailing=trailing, trailing_len=lengths)
+
+
 def _seed_words(seed: int | None) -> list[int]:
     seed = random.getrandbits(64) if seed is None else seed % (MAX_SEED + 1)
     return [seed & 0xFFFFFFFF, seed >> 32]
@@ -138,6 +159,7 @@ class Batch:
         self.left_pads: list[int] = []  # host copy of state.left_pad
         self.inflight: tuple[mx.array, list[Row]] | None = None  # frames of the queued step, its rows
         self.host_syncs = 0
+        self.parked: dict[Row, tuple[BatchState, int, int]] = {}  # starved live rows: state, write, left pad
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -147,17 +169,52 @@ class Batch:
         row.started = time.perf_counter()
         state, length = self._prefill(row)
         row.stats.prefill_s = time.perf_counter() - row.started
+        if row.starved:
+            self.parked[row] = (state, length, 0)
+        else:
+            self._join(row, state, length, 0)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to step and no frames to read (rows may be parked, waiting for text)."""
+        return self.state is None and self.inflight is None
+
+    def _join(self, row: Row, state: BatchState, write: int, left_pad: int):
+        """Join a one-row state whose KV holds [left_pad, write) to the batch."""
+        length = write - left_pad
         if self.state is None:
-            self.state, self.write, self.left_pads = state, length, [0]
+            self.state, self.write, self.left_pads = state, write, [left_pad]
         else:
             to_write = max(self.write, length)
             capacity = capacity_for(to_write + 1, KV_BLOCK)
             text_cap = max(self.state.trailing.shape[1], state.trailing.shape[1])
             old = _fit(self.state, self.write, to_write, capacity, text_cap)
-            new = _fit(state, length, to_write, capacity, text_cap)
+            new = _fit(state, write, to_write, capacity, text_cap)
             self.left_pads = [p + to_write - self.write for p in self.left_pads] + [to_write - length]
             self.state, self.write = _concat(old, new), to_write
         self.rows.append(row)
+
+    def _feed_live(self):
+        """Live rows: new text vectors into their state; parked rows that got text re-join; rows
+        that would read text not yet arrived are parked (before the step is queued)."""
+        for row in list(self.parked):
+            vectors = row.live.take()
+            if vectors is not None:
+                state, write, left_pad = self.parked.pop(row)
+                self._join(row, _append_text(state, 0, vectors, row.live.handed), write, left_pad)
+        for i, row in enumerate(self.rows):
+            vectors = row.live.take() if row.live is not None else None
+            if vectors is not None:
+                self.state = _append_text(self.state, i, vectors, row.live.handed)
+        starved = [i for i, row in enumerate(self.rows) if row.starved]
+        if not starved:
+            return
+        for i in starved:
+            self.parked[self.rows[i]] = (_take(self.state, mx.array([i])), self.write, self.left_pads[i])
+        keep = [i for i in range(len(self.rows)) if i not in starved]
+        self.rows = [self.rows[i] for i in keep]
+        self.left_pads = [self.left_pads[i] for i in keep]
+        self.state = _take(self.state, mx.array(keep)) if keep else None
 
     def _prefill(self, row: Row) -> tuple[BatchState, int]:
         talker, prompt, s = self.model.talker, row.prompt, row.settings
@@ -188,6 +245,10 @@ class Batch:
         return state, length
 
     def _remove_finished(self):
+        for row in [row for row in self.parked if row.done or row.cancelled]:
+            del self.parked[row]
+            if not row.done:
+                self._finish(row, "cancelled")
         keep = [i for i, row in enumerate(self.rows) if not (row.done or row.cancelled)]
         if len(keep) == len(self.rows):
             return
@@ -217,6 +278,7 @@ class Batch:
         """Advance every row one frame; return the frames (int32 [16]) that became known, with
         their rows. Rows that ended are marked done and leave the batch."""
         self._remove_finished()
+        self._feed_live()
         previous, self.inflight = self.inflight, None
         if self.state is not None:
             self._make_room()
@@ -224,6 +286,8 @@ class Batch:
                      draw_plan([r.settings.predictor for r in self.rows]))
             frames, self.state = self.step_fn(self.consts, self.state, plans)
             self.write += 1
+            for row in self.rows:
+                row.steps += 1
             mx.async_eval(frames, self.state)
             self.inflight = (frames, list(self.rows))
         if previous is None:

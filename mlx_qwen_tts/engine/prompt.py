@@ -100,12 +100,14 @@ def _ids(values) -> mx.array:
     return mx.array(np.asarray(values, dtype=np.int32))[None]
 
 
-def build_prompt(model, text: str, *, voice: str | None = None, language: str = "auto",
+def build_prompt(model, text: str | list[int], *, voice: str | None = None, language: str = "auto",
                  instruct: str | None = None, non_streaming_text: bool = True,
-                 clone: VoiceClone | None = None) -> Prompt:
+                 clone: VoiceClone | None = None, open_text: bool = False) -> Prompt:
+    """`text` is the text, or its token ids (live input, engine/live.py). `open_text` (streaming
+    layout only): more text follows through `trailing`, so the text part has no tts_eos yet."""
     cfg: ModelConfig = model.config
     talker, tok, ids = model.talker, model.tokenizer, cfg.ids
-    if not text or not text.strip():
+    if not text or (isinstance(text, str) and not text.strip()):
         raise ValueError("text is empty: nothing to say")
     check_text_limit("instruct", instruct, MAX_INSTRUCT_CHARS)
     if clone is not None and cfg.model_type != "base":
@@ -120,8 +122,8 @@ def build_prompt(model, text: str, *, voice: str | None = None, language: str = 
                       stacklevel=2)
         instruct = None
 
-    text_ids = tok.encode_template(TEXT_TEMPLATE, text=text)
-    role, body = text_ids[:3], text_ids[3:-5]
+    text_ids = tok.encode_template(TEXT_TEMPLATE, text=text if isinstance(text, str) else "")
+    role, body = text_ids[:3], (text_ids[3:-5] if isinstance(text, str) else list(text))
     if not body:
         raise ValueError("text produced no tokens")
     P, C = talker.embed_text, talker.codec_embedding
@@ -145,7 +147,8 @@ def build_prompt(model, text: str, *, voice: str | None = None, language: str = 
             raise ValueError("in-context cloning needs the reference text (ref_text)")
         check_text_limit("ref_text", clone.ref_text, MAX_REF_TEXT_CHARS)
         ref_ids = tok.encode_template(REF_TEMPLATE, text=clone.ref_text)[3:-2]
-        part, trailing = _icl_part(model, ref_ids + body, clone.ref_codes, tts_eos, tts_pad, non_streaming_text)
+        part, trailing = _icl_part(model, ref_ids + body, clone.ref_codes, tts_eos, tts_pad, non_streaming_text,
+                                   open_text)
         parts.append(part)
         ref_frames = clone.ref_codes.shape[0]
     elif non_streaming_text:
@@ -154,7 +157,8 @@ def build_prompt(model, text: str, *, voice: str | None = None, language: str = 
         trailing = tts_pad
     else:
         parts.append(P(_ids(body[:1])) + codec[:, -1:])
-        trailing = mx.concatenate([P(_ids(body[1:])), tts_eos], axis=1) if len(body) > 1 else tts_eos
+        vectors = ([P(_ids(body[1:]))] if len(body) > 1 else []) + ([] if open_text else [tts_eos])
+        trailing = mx.concatenate(vectors, axis=1) if vectors else tts_eos[:, :0]
     embeds = mx.concatenate(parts, axis=1)
     check_positions(cfg, embeds.shape[1])
     return Prompt(embeds=embeds, trailing=trailing, tts_pad=tts_pad,
@@ -169,16 +173,17 @@ def codes_embedding(model, codes: mx.array) -> mx.array:
     return out[None]
 
 
-def _icl_part(model, text_ids, ref_codes, tts_eos, tts_pad, non_streaming_text):
-    """In-context cloning: reference + target text against codec bos + reference frames."""
+def _icl_part(model, text_ids, ref_codes, tts_eos, tts_pad, non_streaming_text, open_text=False):
+    """In-context cloning: reference + target text against codec bos + reference frames. Open
+    (live) text must already cover the codec part (engine/live.py waits for that much)."""
     P, C, ids = model.talker.embed_text, model.talker.codec_embedding, model.config.ids
-    text = mx.concatenate([P(_ids(text_ids)), tts_eos], axis=1)
+    text = P(_ids(text_ids)) if open_text else mx.concatenate([P(_ids(text_ids)), tts_eos], axis=1)
     codec = mx.concatenate([C(_ids([ids.codec_bos])), codes_embedding(model, ref_codes)], axis=1)
     n_text, n_codec = text.shape[1], codec.shape[1]
     if non_streaming_text:
         part = mx.concatenate([text + C(_ids([ids.codec_pad] * n_text)), codec + tts_pad], axis=1)
         return part, tts_pad
-    if n_text > n_codec:
+    if n_text > n_codec or open_text:
         return text[:, :n_codec] + codec, text[:, n_codec:]
     text = mx.concatenate([text, mx.repeat(tts_pad, n_codec - n_text, axis=1)], axis=1)
     return text + codec, tts_pad

@@ -54,6 +54,8 @@ class SynthesisStats:
 class Synthesis:
     """A submitted request: iterate it for float32 audio chunks as they are made."""
 
+    live = None  # engine/live.LiveText when the text arrives while the synthesis runs (LiveSynthesis)
+
     def __init__(self, request: Request, stats: SynthesisStats | None = None, codes_out: list | None = None):
         self.request = request
         self.stats = stats if stats is not None else SynthesisStats()
@@ -163,6 +165,16 @@ class Scheduler:
         return bool(self.jobs)
 
     @property
+    def waiting_for_text(self) -> bool:
+        """Nothing can run until a live input gets text (every row parked, nothing to admit)."""
+        if not self.busy or not self.batch.idle:
+            return False
+        if len(self.batch.parked) >= self.max_batch:
+            return True
+        return not any(job.next_segment < job.end and (job.synthesis.live is None or job.synthesis.live.ready)
+                       for job in self.jobs)
+
+    @property
     def waiting(self) -> int:
         """Requests that have no row in the batch yet."""
         return sum(1 for job in self.jobs if job.next_segment == 0)
@@ -187,6 +199,11 @@ class Scheduler:
     def run_once(self):
         """One frame for every row: admissions, the step, stop rules, audio out."""
         self._drop_cancelled()
+        for job in [job for job in self.jobs if job.synthesis.live is not None]:
+            try:
+                job.synthesis.pump(self.model)
+            except Exception as e:  # a failed text source, an idle input: this request only
+                self._fail(job, e)
         self._admit()
         for row, frame in self.batch.step():
             row.owner.frames[row.segment].append(frame)
@@ -209,11 +226,14 @@ class Scheduler:
         new request's first sentence is not stuck behind a long text's later ones. Every first
         segment joins at once; a later one (generated ahead) only on a frame when nothing else
         joins, so prefills of text still far off never delay the first audio. With no free row,
-        a new request takes one from a request generating ahead of what it has delivered."""
-        free = self.max_batch - sum(1 for row in self.batch.rows if not (row.done or row.cancelled))
+        a new request takes one from a request generating ahead of what it has delivered. A live
+        request starts once it has enough text (engine/live.py); its parked row keeps its slot."""
+        rows = self.batch.rows + list(self.batch.parked)
+        free = self.max_batch - sum(1 for row in rows if not (row.done or row.cancelled))
         admitted = 0
         while True:
-            candidates = [job for job in self.jobs if job.next_segment < job.end]
+            candidates = [job for job in self.jobs if job.next_segment < job.end
+                          and (job.synthesis.live is None or job.synthesis.live.ready)]
             job = min(candidates, key=lambda j: (j.next_segment, j.order), default=None)
             if job is None or (job.next_segment > 0 and admitted):
                 return
@@ -248,14 +268,14 @@ class Scheduler:
         return True
 
     def _start_segment(self, job: _Job):
-        request, index = job.request, job.next_segment
+        request, index, live = job.request, job.next_segment, job.synthesis.live
         if index == 0:
             prepared = job.synthesis.prepared or prepare(self.model, request)
             job.clone, job.codec_state = prepared.clone, prepared.codec_state
-        prompt = build_prompt(self.model, request.segments[index], voice=request.voice, language=request.language,
-                              instruct=request.instruct, non_streaming_text=request.non_streaming_text,
-                              clone=job.clone)
-        row = Row(prompt, request.segment_settings(index), owner=job, segment=index)
+        prompt = live.start(self.model, request, job.clone) if live is not None else build_prompt(
+            self.model, request.segments[index], voice=request.voice, language=request.language,
+            instruct=request.instruct, non_streaming_text=request.non_streaming_text, clone=job.clone)
+        row = Row(prompt, request.segment_settings(index), owner=job, segment=index, live=live)
         job.next_segment += 1
         job.rows[index], job.frames[index] = row, []
         self.batch.add(row)

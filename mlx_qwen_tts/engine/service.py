@@ -18,6 +18,7 @@ from concurrent.futures import Future
 
 import mlx.core as mx
 
+from mlx_qwen_tts.engine.live import DEFAULT_IDLE_TIMEOUT_S, LiveSynthesis, make_live_request
 from mlx_qwen_tts.engine.request import make_request
 from mlx_qwen_tts.engine.scheduler import END, Scheduler, Synthesis, prepare
 
@@ -71,7 +72,7 @@ class Engine:
 
     @property
     def active_rows(self) -> int:
-        """Rows generating now (as of the last frame)."""
+        """Rows generating now, or paused for live text (as of the last frame)."""
         return self._active_rows
 
     @property
@@ -82,15 +83,29 @@ class Engine:
         if self._closed.is_set():
             raise RuntimeError("the engine is closed")
         stats = kwargs.pop("stats", None)
-        request = make_request(self.model.config, text, **kwargs)
+        return self._enqueue(Synthesis(make_request(self.model.config, text, **kwargs), stats))
+
+    def open_text_stream(self, *, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S, stats=None, codes_out=None,
+                         **kwargs) -> LiveSynthesis:
+        """A synthesis whose text arrives while it runs (engine/live.py): call `feed(text)` from
+        any thread as the text is written, then `finish()`; iterate the handle for audio chunks.
+        Same keywords as `submit` except the text (and the layout, always the streaming one)."""
+        request = make_live_request(self.model.config, **kwargs)
+        synthesis = LiveSynthesis(request, self.model.tokenizer, stats, codes_out, idle_timeout)
+        synthesis.on_input = lambda: self._inbox.put(None)  # wakes an engine waiting for text
+        return self._enqueue(synthesis)
+
+    def _enqueue(self, synthesis: Synthesis) -> Synthesis:
+        if self._closed.is_set():
+            raise RuntimeError("the engine is closed")
         with self._lock:
             if self.max_queue is not None and self._waiting >= self.max_queue:
                 raise QueueFull(f"{self._waiting} requests are already waiting")
             self._waiting += 1
+            request = synthesis.request
             cloning = request.clone is not None or request.ref_audio is not None or request.voice_file is not None
             self._preparing += cloning
             self._in_inbox += not cloning
-        synthesis = Synthesis(request, stats)
         (self._aside if cloning else self._inbox).put(synthesis)
         return synthesis
 
@@ -187,7 +202,9 @@ class Engine:
     def _serve(self):
         scheduler = self._scheduler
         while not self._closed.is_set():
-            self._take_new(block=not scheduler.busy)  # idle: sleep until a request arrives
+            # idle, or every row waits for live text: sleep until a request or text arrives
+            self._take_new(block=not scheduler.busy or scheduler.waiting_for_text,
+                           timeout=1.0 if scheduler.busy else None)  # the timeout runs the idle-input check
             if scheduler.busy and not self._closed.is_set():
                 try:
                     scheduler.run_once()
@@ -195,7 +212,8 @@ class Engine:
                     scheduler.fail_all(e)
             with self._lock:
                 self._waiting = scheduler.waiting + self._in_inbox + self._preparing
-            self._active_rows = sum(1 for row in scheduler.batch.rows if not (row.done or row.cancelled))
+            rows = scheduler.batch.rows + list(scheduler.batch.parked)  # a parked live row keeps its slot
+            self._active_rows = sum(1 for row in rows if not (row.done or row.cancelled))
         for job in list(scheduler.jobs):
             job.synthesis.cancelled = True
             scheduler._fail(job, None)
@@ -211,11 +229,11 @@ class Engine:
             if item is not None:
                 _cancel(item)
 
-    def _take_new(self, block: bool):
+    def _take_new(self, block: bool, timeout: float | None = None):
         self._run_calls(self._calls)
         self._idle = block  # waiting for work is not a stuck turn
         try:
-            item = self._inbox.get(block=block)
+            item = self._inbox.get(block=block, timeout=timeout)
         except queue.Empty:
             return
         finally:

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 
+from mlx_qwen_tts.server import live
 from mlx_qwen_tts.server.errors import ApiError, install_error_handlers
 from mlx_qwen_tts.server.guard import RequestGate, RequestLog
 from mlx_qwen_tts.server.health import engine_health
@@ -114,6 +115,10 @@ def create_app(state: ServerState) -> FastAPI:
     @app.post("/v1/audio/speech")
     async def audio_speech(request: Request, body: SpeechRequest):
         return await speech(state, request, body)
+
+    @app.websocket(live.PATH)
+    async def audio_speech_stream(websocket: WebSocket):
+        await live.speech_stream(state, websocket)
 
     @app.get("/v1/audio/voices")
     async def voices():
