@@ -178,7 +178,7 @@ def main():
             for name, rate in FEEDS:
                 emit(dict(kind="feed", feed=name, tokens=len(pieces), **run_feed(engine, model, pieces, rate)))
     for mode in ("ordinary", "parked", "churning"):
-        paused_cost(model, mode, 20)  # warm-up: traces every batch size and text capacity
+        paused_cost(model, mode)  # warm-up: traces every batch size and text capacity it meets
         emit(dict(kind="paused_rows", **paused_cost(model, mode)))
     if args.out:
         with open(args.out, "a") as f:
