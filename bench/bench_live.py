@@ -155,6 +155,39 @@ def paused_cost(model, mode: str, frames: int = 60) -> dict:
                 mean_ms=round(1000 * statistics.mean(steady), 3), parked_mean=round(statistics.mean(parked[10:]), 2))
 
 
+def park_cost(model, reps: int = 20) -> dict:
+    """ms to park one live row of a batch of 8 and to re-join it (the state gathers, evaluated)."""
+    scheduler = Scheduler(model, 8)
+    for i in range(7):
+        scheduler.submit(Synthesis(make_request(model.config, TEXT, voice=VOICE, seed=i, max_frames=400,
+                                                ignore_eos=True)))
+    speech = LiveSynthesis(make_live_request(model.config, voice=VOICE, seed=9, max_frames=400, ignore_eos=True),
+                           model.tokenizer, idle_timeout=None)
+    speech.feed("A test ")
+    scheduler.submit(speech)
+    for _ in range(10):  # the live row uses its text up and parks; the others run
+        scheduler.run_once()
+    batch, row = scheduler.batch, speech.live
+    park, join = [], []
+    for i in range(reps):
+        speech.feed("of ")
+        speech.pump(model)
+        t = time.perf_counter()
+        batch._feed_live()  # re-joins the parked row
+        mx.eval(batch.state)
+        join.append(time.perf_counter() - t)
+        live_row = next(r for r in batch.rows if r.live is row)
+        live_row.steps = row.handed  # as if it had used that text
+        t = time.perf_counter()
+        batch._feed_live()  # parks it again
+        mx.eval(batch.state, *batch.parked[live_row][0])
+        park.append(time.perf_counter() - t)
+    speech.cancel()
+    scheduler.run_once()
+    return dict(park_ms=round(1000 * statistics.median(park), 3), join_ms=round(1000 * statistics.median(join), 3),
+                rows=8, kv_capacity=batch.state.keys[0].shape[2] if batch.state is not None else None)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", default="tiny", choices=["tiny", "0.6b"])
@@ -177,6 +210,7 @@ def main():
             pieces = token_pieces(model)
             for name, rate in FEEDS:
                 emit(dict(kind="feed", feed=name, tokens=len(pieces), **run_feed(engine, model, pieces, rate)))
+    emit(dict(kind="park_cost", **park_cost(model)))
     for mode in ("ordinary", "parked", "churning"):
         paused_cost(model, mode)  # warm-up: traces every batch size and text capacity it meets
         emit(dict(kind="paused_rows", **paused_cost(model, mode)))

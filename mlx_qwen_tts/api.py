@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from mlx_qwen_tts.engine.live import DEFAULT_IDLE_TIMEOUT_S
+from mlx_qwen_tts.engine.live import DEFAULT_IDLE_TIMEOUT_S, LIVE_FIRST_CHUNK_FRAMES
 from mlx_qwen_tts.engine.request import make_request
 from mlx_qwen_tts.engine.scheduler import Scheduler, Synthesis, SynthesisStats
 from mlx_qwen_tts.text import SEGMENT_TOKENS
@@ -52,16 +52,18 @@ def _run(scheduler: Scheduler, syntheses: list[Synthesis]):
             scheduler.run_once()
 
 
-def stream_text(model, pieces: Iterable[str], *, first_chunk_frames: int = 2, chunk_frames: int = 8,
+def stream_text(model, pieces: Iterable[str], *, first_chunk_frames: int = LIVE_FIRST_CHUNK_FRAMES,
+                chunk_frames: int = 8,
                 stats: SynthesisStats | None = None, codes_out: list | None = None,
                 idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S, **kwargs) -> Iterator[np.ndarray]:
     """Like `stream`, for text that is still being written: `pieces` is any iterable of str (e.g.
     an LLM's tokens). Speech starts after the first complete token, pauses when the text runs out
     and resumes when more arrives (engine/live.py); the same keywords as `stream` (the text layout
-    is always the streaming one). Generation runs on its own thread; `pieces` is read on the
-    calling thread between chunks, so a source that runs MLX itself (mlx-lm's `stream_generate`)
-    works. A source that blocks for long holds back the chunks made meanwhile: feed such a source
-    from a thread of its own into `Engine.open_text_stream`. `idle_timeout` (s) ends a stalled feed."""
+    is always the streaming one; the first chunk is one frame). Generation runs on its own thread;
+    `pieces` is read on the calling thread between chunks, so a source that runs MLX itself
+    (mlx-lm's `stream_generate`) works. A source that blocks for long holds back the chunks made
+    meanwhile: feed such a source from a thread of its own into `Engine.open_text_stream`.
+    `idle_timeout` (s) ends a stalled feed."""
     from mlx_qwen_tts.engine.service import Engine
 
     with Engine(model, max_batch=1) as engine:

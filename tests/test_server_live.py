@@ -7,13 +7,14 @@ import time
 
 import httpx
 import mlx.core as mx
+import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from mlx_qwen_tts.api import synthesize
 from mlx_qwen_tts.loading import load_model
-from mlx_qwen_tts.server.encoders import to_s16, wav_stream_header
+from mlx_qwen_tts.server.encoders import wav_stream_header
 
 UTTERANCES = ["Hello world, this is the first utterance.", "你好，世界。第二句。"]
 
@@ -68,7 +69,10 @@ def test_utterances_in_pieces_with_pauses_equal_the_whole_texts(server, custom):
         assert messages[done] == {"type": "audio.done", "utterance_index": index, "total_bytes": len(audio),
                                   "error": None}
         expected = synthesize(custom, text, voice="ryan", seed=5, max_frames=40, non_streaming_text=False)
-        assert audio == wav_stream_header() + to_s16(expected.audio)
+        header = wav_stream_header()
+        assert audio[:len(header)] == header and len(audio) == len(header) + 2 * len(expected.audio)
+        samples = np.frombuffer(audio[len(header):], "<i2").astype(np.float32) / 32767
+        np.testing.assert_allclose(samples, np.clip(expected.audio, -1, 1), atol=1.01 / 32767)  # int16 rounding
 
 
 def test_bad_messages_get_errors_and_the_session_goes_on(server):

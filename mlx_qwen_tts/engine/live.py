@@ -32,6 +32,9 @@ from mlx_qwen_tts.engine.request import Request, make_request
 from mlx_qwen_tts.engine.scheduler import Synthesis, SynthesisStats, prepare
 
 DEFAULT_IDLE_TIMEOUT_S = 30.0
+# A first chunk of one frame: frame k is complete only once text token k+1 is there (one step
+# finishes frame k and feeds token k+1), so each frame of the first chunk waits for a token.
+LIVE_FIRST_CHUNK_FRAMES = 1
 
 
 class InputIdle(TimeoutError):
@@ -42,6 +45,7 @@ def make_live_request(cfg, **kwargs) -> Request:
     """Validate a live request's settings (everything but the text, which arrives later)."""
     if "non_streaming_text" in kwargs:
         raise TypeError("live text always uses the streaming text layout; non_streaming_text is not an option")
+    kwargs.setdefault("first_chunk_frames", LIVE_FIRST_CHUNK_FRAMES)
     request = make_request(cfg, "live", non_streaming_text=False, **kwargs)
     return replace(request, text="", segments=("",))
 

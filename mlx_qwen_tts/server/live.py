@@ -26,7 +26,7 @@ from pydantic import ConfigDict, ValidationError, create_model
 from mlx_qwen_tts.engine.service import QueueFull
 from mlx_qwen_tts.server.encoders import SAMPLE_RATE, PcmEncoder, wav_stream_header
 from mlx_qwen_tts.server.errors import ApiError, log
-from mlx_qwen_tts.server.speech import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, SpeechRequest, voice_arguments
+from mlx_qwen_tts.server.speech import CHUNK_FRAMES, SpeechRequest, voice_arguments
 
 PATH = "/v1/audio/speech/stream"
 MAX_MESSAGE_BYTES = 128 * 1024  # one client message (vLLM-Omni's text limit)
@@ -70,7 +70,7 @@ class Utterance:
     def __init__(self, session: "Session", index: int, config, kwargs: dict):
         self.session, self.index, self.config = session, index, config
         self.speech = session.state.engine.open_text_stream(
-            first_chunk_frames=FIRST_CHUNK_FRAMES, chunk_frames=CHUNK_FRAMES, idle_timeout=IDLE_TIMEOUT_S, **kwargs)
+            chunk_frames=CHUNK_FRAMES, idle_timeout=IDLE_TIMEOUT_S, **kwargs)  # first chunk: one frame
         self.chars = 0
         self.input_done = False
         loop, self.wake = asyncio.get_running_loop(), asyncio.Event()
