@@ -226,3 +226,13 @@ def test_the_cli_runs_with_the_system_openblas(tmp_path):
     code, stderr, maps = _interrupt_while_reading(["speak", "-", "--model", tmp_path / "m", "--out",
                                                    tmp_path / "x.wav"], env={"LD_PRELOAD": ""})
     assert code == 130 and "libopenblas" in maps, stderr
+
+
+@pytest.mark.parametrize("option", ["--instruct", "--ref-text"])
+def test_long_instruct_and_ref_text_are_refused_before_the_model_loads(mlx_model, tmp_path, option):
+    # The model's configuration without its weights: loading it would fail, so the error that comes
+    # first shows the limit is checked before any model work.
+    folder = tmp_path / "config-only"
+    shutil.copytree(mlx_model, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    line = error_line(cli("speak", TEXT, "--model", folder, "--out", tmp_path / "x.wav", option, "calm " * 20_000))
+    assert f"{option} is too long (100,000 characters); the limit is 1,000" in line

@@ -192,7 +192,8 @@ def _speak(text, *, text_file, model, voice, language, instruct, out, play, devi
     from mlx_qwen_tts import audio
     from mlx_qwen_tts.config import config_summary, load_model_config
     from mlx_qwen_tts.hub import resolve_model
-    from mlx_qwen_tts.engine.prompt import resolve_language, resolve_voice
+    from mlx_qwen_tts.engine.prompt import (MAX_INSTRUCT_CHARS, MAX_REF_TEXT_CHARS, check_text_limit,
+                                            resolve_language, resolve_voice)
 
     if not play and out is None:
         raise click.ClickException("nothing to do: --no-play needs --out FILE")
@@ -206,6 +207,8 @@ def _speak(text, *, text_file, model, voice, language, instruct, out, play, devi
     folder = resolve_model(model)
     cfg = load_model_config(folder)
     voice, language = resolve_voice(cfg, voice), resolve_language(cfg, language)  # fail before loading
+    check_text_limit("--instruct", instruct, MAX_INSTRUCT_CHARS)  # before the model loads
+    check_text_limit("--ref-text", clone["ref_text"], MAX_REF_TEXT_CHARS)
     check_clone_options(cfg, **clone)
     if instruct and not config_summary(cfg)["instruct"]:
         click.echo(f"warning: this {cfg.model_type} {model_size(cfg)} model ignores --instruct", err=True)
