@@ -33,6 +33,7 @@ MAX_NEW_TOKENS = 24
 TEXT_EN = "Hello world, this is a test."
 TEXT_ZH = "你好，世界。"
 TEXT_RU = "Привет!"
+TEXT_NUM = "On 12 March 2026, 3.5 kg cost $1,299.99 (42% off)."
 INSTRUCT = "A calm young woman with a warm voice."
 REF_TEXT = "This is the voice to speak with."
 
@@ -50,6 +51,7 @@ CASES = {
         ("en_aiden_nonstream", TEXT_EN, "aiden", "english", None, True),
         ("instruct_sohee_stream", TEXT_EN, "sohee", "english", INSTRUCT, False),
         ("instruct_uncle_fu_auto_nonstream", TEXT_ZH, "uncle_fu", "auto", INSTRUCT, True),
+        ("numbers_aiden_stream", TEXT_NUM, "aiden", "english", None, False),
     ],
     "voicedesign_1b7": [
         ("design_nonstream", TEXT_EN, None, "english", INSTRUCT, True),
