@@ -19,7 +19,7 @@ from targets import all_targets  # noqa: E402
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 NAMES = ["config", "safetensors-hf", "safetensors-converted", "voice-file", "audio-file", "audio-array",
-         "text-splitter",
+         "text-splitter", "server-request",
          *(f"gguf-{d}-{r}" for d in ("qwen3-tts", "crispasr", "hf-names") for r in ("talker", "codec")),
          "gguf-full-convert"]
 

@@ -4,7 +4,9 @@ config (config.json, speech_tokenizer/config.json, generation_config.json via lo
 safetensors as a Hugging Face snapshot reads it (read_safetensors), a converted folder (index + shards,
 read_converted_weights), voice files (voice.load_voice), GGUF pairs of each dialect (the converter up to
 writing; one pair converted in full), reference audio files and arrays (voice.load_reference_audio),
-and text of any script and length (the splitter through engine/request.make_request).
+text of any script and length (the splitter through engine/request.make_request), and the server's
+request parser (a POST /v1/audio/speech body through the app's middleware, parsing and checks, up to the
+engine's own validation).
 """
 
 from __future__ import annotations
@@ -362,13 +364,75 @@ def text_target(fixtures: Path) -> Target:
     return Target("text-splitter", generate, run, weight=5)
 
 
+# ---- the server's request parser: a speech request's body up to the engine ----
+
+SPEECH_BODY = {"model": "tts", "input": "Hello world.", "voice": "ryan", "response_format": "wav", "speed": 1.0,
+               "seed": 1, "temperature": 0.7, "top_k": 50, "top_p": 0.9, "max_frames": 10, "language": "auto",
+               "instructions": "calm", "stream_format": "audio"}
+
+
+class _ValidatingEngine:
+    """Stands in for the engine: validates like `Engine.submit`, then answers busy (429), so a
+    request that passes every check never reaches generation."""
+
+    active_rows = queued = 0
+    max_batch, lag_s = 1, 0.0
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def submit(self, text, **kwargs):
+        from mlx_qwen_tts.engine.request import make_request
+        from mlx_qwen_tts.engine.service import QueueFull
+
+        make_request(self.cfg, text, **kwargs)
+        raise QueueFull("validated")
+
+    def close(self, timeout=None):
+        pass
+
+
+def speech_request_target(fixtures: Path) -> Target:
+    import asyncio
+    from types import SimpleNamespace
+
+    import httpx
+
+    from mlx_qwen_tts.config import load_model_config
+    from mlx_qwen_tts.server.app import ServerState, create_app
+    from mlx_qwen_tts.server.registry import VoiceRegistry
+
+    cfg = load_model_config(fixtures / "models" / "customvoice_0b6")
+    engine, model = _ValidatingEngine(cfg), SimpleNamespace(config=cfg)
+    app = create_app(ServerState(model=model, engine=engine, registry=VoiceRegistry(None, engine, model),
+                                 model_id="tts", ready=True))
+
+    def generate(rng):
+        data = _json_or_bytes(SPEECH_BODY, rng)
+        return data if isinstance(data, bytes) else json.dumps(data, allow_nan=True).encode()
+
+    async def post(body: bytes):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tts") as client:
+            return await client.post("/v1/audio/speech", content=body, headers={"content-type": "application/json"})
+
+    def run(body):
+        response = asyncio.run(post(body))
+        if response.status_code == 429:  # every check passed; the stand-in engine answered busy
+            return
+        message = response.json()["error"]["message"] if response.status_code in (400, 404, 413) else None
+        if not message or "\n" in message:
+            raise AssertionError(f"status {response.status_code} for {body[:80]!r}: {response.text[:200]}")
+        raise ValueError(message)  # a clean OpenAI-style error
+    return Target("server-request", generate, run, weight=3)
+
+
 def all_targets(fixtures: Path, work: Path, full_gguf: bool = True) -> list[Target]:
     dirs = {n: work / n for n in ("config", "st", "conv", "voice", "gguf", "audio")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     targets = [config_target(fixtures, dirs["config"]), safetensors_target(dirs["st"]),
                converted_target(dirs["conv"]), voice_target(fixtures, dirs["voice"]), audio_target(dirs["audio"]),
-               audio_array_target(), text_target(fixtures)]
+               audio_array_target(), text_target(fixtures), speech_request_target(fixtures)]
     pairs = gguf_pairs(fixtures, dirs["gguf"])
     for name in ("qwen3-tts", "crispasr", "hf-names"):
         targets.append(gguf_target(name, pairs[name], dirs["gguf"], "talker"))
