@@ -169,3 +169,32 @@ def test_voice_file_fields_are_checked(model_dir, fixtures_dir, tmp_path, fix):
     path.write_bytes(safetensors.numpy.save(tensors, metadata=metadata))
     with pytest.raises(ValueError, match=str(path)):
         load_voice(path, model)
+
+
+@pytest.mark.parametrize("shape", [[True, 16], ["5", 16], [5, None], 7, {"frames": 5}])
+def test_voice_file_shape_fields_of_any_type_are_checked(model_dir, fixtures_dir, tmp_path, shape):
+    # Found by the long run: a hand-edited header whose ref_codes shape holds a bool or a string
+    # reached the frame-count comparison and raised TypeError.
+    import json
+    import struct
+
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_qwen_tts.engine.prompt import VoiceClone
+    from mlx_qwen_tts.loading import load_model
+    from mlx_qwen_tts.voice import load_voice, save_voice
+
+    model = load_model(model_dir("base_0b6"), dtype=mx.float32, codec=False)
+    dump = np.load(fixtures_dir / "dumps" / "base_0b6" / "voice.npz")
+    clone = VoiceClone(mx.array(dump["xvector"]), mx.array(dump["ref_codes"]), "This is the voice.")
+    path = save_voice(tmp_path / "v.safetensors", clone, model)
+    data = path.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + size])
+    header["ref_codes"]["shape"] = shape
+    encoded = json.dumps(header).encode()  # tensor offsets count from the end of the header
+    encoded = encoded.ljust(-(-len(encoded) // 8) * 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size:])
+    with pytest.raises(ValueError, match=str(path)):
+        load_voice(path, model)
