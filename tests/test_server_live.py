@@ -119,3 +119,15 @@ def test_api_key_and_hang_up(start_server, model_dir):
     assert "ws session client left: 1 utterance(s)" in server.log()
     with _ws(server, additional_headers={"Authorization": "Bearer wrong"}) as ws:
         assert json.loads(ws.recv(timeout=30))["code"] == "invalid_api_key"
+
+
+def test_the_servers_per_request_cap_bounds_a_live_utterance(start_server, model_dir):
+    # --ignore-eos: only a cap ends the utterance; 0.4 s of audio is 5 frames at 12.5 Hz.
+    server = start_server(model_dir("customvoice_0b6"), "--ignore-eos", "--max-seconds-per-request", "0.4")
+    with _ws(server) as ws:
+        ws.send(json.dumps({"type": "session.config", "voice": "ryan", "seed": 1, "response_format": "pcm"}))
+        ws.send(json.dumps({"type": "input.text", "text": "A text that would take many seconds to say. " * 4}))
+        ws.send(json.dumps({"type": "input.done"}))
+        messages = _messages(ws, until="audio.done")
+    samples = sum(len(m) for m in messages if isinstance(m, bytes)) // 2
+    assert 0 < samples <= 5 * 1920

@@ -26,7 +26,7 @@ from pydantic import ConfigDict, ValidationError, create_model
 from mlx_qwen_tts.engine.service import QueueFull
 from mlx_qwen_tts.server.encoders import SAMPLE_RATE, PcmEncoder, wav_stream_header
 from mlx_qwen_tts.server.errors import ApiError, log
-from mlx_qwen_tts.server.speech import CHUNK_FRAMES, SpeechRequest, voice_arguments
+from mlx_qwen_tts.server.speech import CHUNK_FRAMES, SpeechRequest, capped_max_frames, voice_arguments
 
 PATH = "/v1/audio/speech/stream"
 MAX_MESSAGE_BYTES = 128 * 1024  # one client message (vLLM-Omni's text limit)
@@ -140,7 +140,8 @@ class Session:
             raise SessionError(e.message, e.code or "invalid_value") from None
         kwargs.update(language=config.language, instruct=config.instructions, greedy=config.greedy,
                       seed=config.seed, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-                      max_frames=config.max_frames, ignore_eos=self.state.ignore_eos)
+                      max_frames=capped_max_frames(self.state, config.max_frames)[0],
+                      ignore_eos=self.state.ignore_eos)
         from mlx_qwen_tts.engine.live import make_live_request
 
         try:

@@ -187,6 +187,14 @@ def _submit(state, body: SpeechRequest, max_frames: int, kwargs: dict):
         raise ApiError(400, " ".join(str(e).split()), param=_param_of(str(e)), code="invalid_value") from None
 
 
+def capped_max_frames(state, requested: int | None) -> tuple[int, bool]:
+    """The request's frame cap under the server's --max-seconds-per-request, and whether the
+    server's cap is the one that applies (a client value can only lower it)."""
+    cap = max(1, int(state.max_seconds_per_request * FRAME_RATE))
+    server_cap = requested is None or requested > cap
+    return (cap if requested is None else min(requested, cap)), server_cap  # 0 or less: make_request's 400
+
+
 async def speech(state, request: Request, body: SpeechRequest):
     record = record_of(request.scope) or RequestRecord("-")
     check_request(body, state.max_input_chars)
@@ -197,9 +205,7 @@ async def speech(state, request: Request, body: SpeechRequest):
     kwargs = voice_arguments(state, body)
     voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
     record.fields.update(voice=voice, format=body.response_format)
-    cap = max(1, int(state.max_seconds_per_request * FRAME_RATE))
-    server_cap = body.max_frames is None or body.max_frames > cap
-    max_frames = cap if body.max_frames is None else min(body.max_frames, cap)  # 0 or less: make_request's 400
+    max_frames, server_cap = capped_max_frames(state, body.max_frames)
     synthesis = await run_in_threadpool(_submit, state, body, max_frames, kwargs)
 
     def note_end(outcome: str):
