@@ -26,6 +26,10 @@ import numpy as np
 class GGUFError(ValueError):
     """A GGUF file cannot be converted; the message names the file and the tensor or key."""
 
+    def __init__(self, message: str):
+        # Names come from the file: a control character in one must not break the one-line message.
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
+
 
 def _wb(gguf: str, hf: str, w="weight", b="bias") -> dict:
     return {f"{gguf}{w}": f"{hf}weight", f"{gguf}{b}": f"{hf}bias"}

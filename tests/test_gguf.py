@@ -549,3 +549,11 @@ def test_broken_files_fail_clearly_without_leftovers(qwentts_f32, work, case, ma
     with pytest.raises(GGUFError, match=match):
         convert_gguf(talker, codec, out)
     _no_leftovers(out)
+
+
+def test_names_from_the_file_keep_the_error_on_one_line():
+    # Found by the long fuzz run: a tensor name holding a newline split the message in two.
+    message = str(GGUFError("codec.gguf: unknown tensor decoder.decoder\n2.block.3\tconv.bias\x00 for the "
+                            "hf-names dialect"))
+    assert message == "codec.gguf: unknown tensor decoder.decoder\\n2.block.3\\tconv.bias\\x00 for the hf-names dialect"
+    assert str(GGUFError("ünïcode path/é.gguf: fine")) == "ünïcode path/é.gguf: fine"
