@@ -279,6 +279,8 @@ class _Cursor:
         sub, n = self.take("<I"), self.take("<Q")
         if sub in _SCALAR:  # numeric arrays in one go
             dtype = np.dtype(_SCALAR[sub])
+            if n * dtype.itemsize > len(self.buf) - self.pos:  # a count beyond the file (or beyond ssize_t)
+                raise struct.error("array past the end of the file")
             values = np.frombuffer(self.buf, dtype, n, self.pos).tolist()
             self.pos += n * dtype.itemsize
             return values

@@ -557,3 +557,19 @@ def test_names_from_the_file_keep_the_error_on_one_line():
                             "hf-names dialect"))
     assert message == "codec.gguf: unknown tensor decoder.decoder\\n2.block.3\\tconv.bias\\x00 for the hf-names dialect"
     assert str(GGUFError("ünïcode path/é.gguf: fine")) == "ünïcode path/é.gguf: fine"
+
+
+def test_an_array_count_beyond_the_file_is_a_clean_error(tmp_path):
+    # Found by the long fuzz run: a count near 2^64 overflowed numpy (OverflowError) instead of
+    # being read as a corrupt file.
+    import struct
+
+    path = tmp_path / "talker.gguf"
+    write_gguf(path, "qwen3-tts", {"odd.array": [1, 2, 3]}, [])
+    data = bytearray(path.read_bytes())
+    key = data.index(b"odd.array") + len(b"odd.array")  # then: type ARRAY, element type, count
+    assert struct.unpack_from("<I", data, key)[0] == 9
+    struct.pack_into("<Q", data, key + 8, 2 ** 63 + 5)
+    path.write_bytes(bytes(data))
+    with pytest.raises(GGUFError, match=f"{path} is not a readable GGUF file"):
+        GGUFFile(path, "talker")
