@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,9 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from fleet import HAProxy, Replica  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from common import write_report  # noqa: E402
 
 FIXTURES = Path(os.environ.get("MLX_QWEN_TTS_FIXTURES", ROOT / "tests" / ".fixtures"))
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the woods."
@@ -150,10 +152,7 @@ def main():
     result["ratio_two_vs_one_same_rows"] = round(
         more["audio_s_per_s"] / result[f"replicas_1x{2 * a.max_batch}"]["audio_s_per_s"], 3)
     result["machine"]["load_avg_end"] = os.getloadavg()
-    print(json.dumps(result, indent=1))
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_report(result, a.out)
 
 
 if __name__ == "__main__":

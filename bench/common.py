@@ -41,6 +41,15 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9
 
 
+def write_report(report: dict, out, indent: int = 1):
+    """Print a run's report as JSON and, if `out` is given, write it there (the file bench/README.md quotes)."""
+    text = json.dumps(report, indent=indent)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
 def host_info() -> dict:
     return dict(system=platform.system(), machine=platform.machine(), cpu=_cpu_name(), cpus=os.cpu_count(),
                 python=platform.python_version())

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import write_report  # bench/ is the script's folder
+
 CHILD = """
 import json, os, sys, time
 import mlx.core as mx
@@ -75,10 +77,7 @@ def main():
               "speedup": {k: own[k] / blas[k] for k in ("square_1024_ms", "talker_mlp_b8_ms")} |
               {"tiny_frames_per_s": blas["tiny_frames_per_s"] / own["tiny_frames_per_s"]},
               "reexec_cost_s": own["cli_version_s"] - blas["cli_version_s"]}
-    print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.out, indent=2)
 
 
 if __name__ == "__main__":
